@@ -1,0 +1,1 @@
+"""Azure Relay Hybrid Connections for Python: listener and sender, WebSocket and HTTP, Entra ID and SAS."""
