@@ -1,1 +1,65 @@
-"""Azure Relay Hybrid Connections for Python: listener and sender, WebSocket and HTTP, Entra ID and SAS."""
+"""Azure Relay Hybrid Connections for Python: listener and sender, WebSocket and HTTP, Entra ID and SAS.
+
+Microsoft ships .NET, Java and Node clients for Hybrid Connections; this is the Python one, on
+asyncio and aiohttp. The public surface mirrors ``Microsoft.Azure.Relay``:
+
+* :class:`HybridConnectionClient`: ``await client.request(...)`` (HTTP) and
+  ``await client.connect(...)`` (WebSocket) to a hybrid connection;
+* :class:`HybridConnectionListener`: accept WebSocket senders and answer HTTP requests;
+* credentials: any azure-core token credential (Entra ID), ``AzureNamedKeyCredential`` /
+  ``AzureSasCredential`` (SAS) or :class:`AadCallbackTokenProvider`;
+* :func:`parse_connection_string` for ``Endpoint=sb://...;EntityPath=...`` strings;
+* typed errors under :class:`RelayError` with ``is_transient``.
+
+See relay/README.md for examples against Azure and the local emulator.
+"""
+
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+
+from .client import HybridConnectionClient, RelayHttpResponse
+from .connection_string import RelayConnectionString, parse_connection_string
+from .credentials import AadCallbackTokenProvider, RelayToken, TokenProvider, get_token_provider, token_fetch_count
+from .errors import (
+    AuthorizationFailedError,
+    ConnectionLostError,
+    EndpointNotFoundError,
+    ForbiddenError,
+    NoListenerError,
+    PayloadTooLargeError,
+    QuotaExceededError,
+    RejectedError,
+    RelayError,
+    RelayTimeoutError,
+)
+from .listener import AcceptContext, HybridConnectionListener, ListenerState, RelayedHttpRequest, RelayedHttpResponse
+from .stream import HybridConnectionStream
+
+__all__ = [
+    "AadCallbackTokenProvider",
+    "AcceptContext",
+    "AuthorizationFailedError",
+    "AzureNamedKeyCredential",
+    "AzureSasCredential",
+    "ConnectionLostError",
+    "EndpointNotFoundError",
+    "ForbiddenError",
+    "HybridConnectionClient",
+    "HybridConnectionListener",
+    "HybridConnectionStream",
+    "ListenerState",
+    "NoListenerError",
+    "PayloadTooLargeError",
+    "QuotaExceededError",
+    "RejectedError",
+    "RelayConnectionString",
+    "RelayError",
+    "RelayHttpResponse",
+    "RelayTimeoutError",
+    "RelayToken",
+    "RelayedHttpRequest",
+    "RelayedHttpResponse",
+    "TokenProvider",
+    "get_token_provider",
+    "parse_connection_string",
+    "token_fetch_count",
+]

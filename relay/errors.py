@@ -118,3 +118,7 @@ def error_from_status(status: int, reason: str, *, context: str = "") -> RelayEr
     error = RelayError(text, status=status, tracking_id=tracking)
     error.is_transient = status >= 500
     return error
+
+
+# A listener's rejection carries its own description (the sender's handshake reason phrase).
+RejectedError.description = ""

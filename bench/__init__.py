@@ -1,0 +1,1 @@
+"""Benchmarks: this library vs Microsoft's Node clients, side by side on one emulator. Run `make bench`."""

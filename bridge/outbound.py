@@ -1,0 +1,115 @@
+"""The outbound queue (``relay-outbound``): deliver one message, or decide it is poison.
+
+Policy (the queue function returns normally or raises, nothing is dropped silently):
+
+* delivered: the listener answered 1xx-3xx → done.
+* transient (retry): no listener, Relay/listener timeout, lost connection, the identity
+  endpoint failing, or the listener answering 408/425/429/5xx → raise :class:`RetryLater`; the
+  host makes the message visible again after ``visibilityTimeout`` and, after
+  ``maxDequeueCount`` (5) attempts, moves it to ``relay-outbound-poison``. On the last attempt
+  the bridge writes the poison record itself (with the reason) and returns, so the poison
+  queue says why.
+* permanent (no retry): malformed envelope, connection not in RELAY_OUTBOUND_CONNECTIONS or not
+  found by Relay, token refused, missing Sender role, payload too large, or another 4xx from the
+  listener → a poison record is written at once and the function returns.
+
+A poison record is JSON (base64-encoded like the host's own poison messages)::
+
+    {"reason": "...", "error": "<code>", "id": "<message id>", "connection": "orders" | null,
+     "dequeue_count": 1, "time": "2026-11-29T10:00:00.000000Z",
+     "message": "<original text>" | "messageBase64": "<original bytes>"}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass
+
+from . import storage
+from .envelope import EnvelopeError, parse_message
+from .fanin import utc_now_text
+from .sender import SendFailure, resolve_connection, send_http
+from .settings import OUTBOUND_POISON_QUEUE, Settings
+
+log = logging.getLogger("bridge.outbound")
+
+MAX_DEQUEUE_COUNT = 5
+"""Mirrors host.json ``extensions.queues.maxDequeueCount`` (a test keeps them equal)."""
+TRANSIENT_LISTENER_STATUSES = frozenset({408, 425, 429})
+
+
+class RetryLater(Exception):
+    """A transient failure: raising it makes the host retry the message."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a message: ``delivered`` or ``poisoned`` (with the reason)."""
+
+    result: str
+    status: int | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
+def poison_record(raw: bytes, *, reason: str, error: str, message_id: str, connection: str | None, dequeue_count: int) -> dict:
+    record = {
+        "reason": reason, "error": error, "id": message_id, "connection": connection,
+        "dequeue_count": dequeue_count, "time": utc_now_text(),
+    }
+    try:
+        record["message"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        record["messageBase64"] = base64.b64encode(raw).decode("ascii")
+    return record
+
+
+async def write_poison(record: dict) -> None:
+    """Append ``record`` to ``relay-outbound-poison`` (base64, never expires). Raises on failure."""
+    client = await storage.queue(OUTBOUND_POISON_QUEUE)
+    await client.send_message(json.dumps(record, separators=(",", ":"), ensure_ascii=False), time_to_live=-1)
+
+
+async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, dequeue_count: int | None) -> Outcome:
+    """Deliver one ``relay-outbound`` message (see the module docs for the policy)."""
+    attempt = dequeue_count or 1
+    connection: str | None = None
+
+    async def poison(reason: str, error: str, status: int | None = None) -> Outcome:
+        log.warning("message %s goes to %s: %s", message_id, OUTBOUND_POISON_QUEUE, reason)
+        await write_poison(poison_record(raw, reason=reason, error=error, message_id=message_id,
+                                         connection=connection, dequeue_count=attempt))
+        return Outcome("poisoned", status, reason, error)
+
+    try:
+        message = parse_message(raw, message_id=message_id, default_connection=settings.default_connection)
+        connection = message.connection
+        connection, _ = resolve_connection(settings, message.connection)
+        if connection != message.connection:  # only exact names in envelopes
+            raise SendFailure(404, "unknown_connection", f"hybrid connection {message.connection!r} is not in RELAY_OUTBOUND_CONNECTIONS", False)
+    except EnvelopeError as exc:
+        return await poison(f"malformed envelope: {exc}", "malformed_envelope")
+    except SendFailure as failure:
+        return await poison(failure.message, failure.code)
+
+    try:
+        reply = await send_http(settings, connection, method=message.method, path=message.path, body=message.body, headers=message.headers)
+    except SendFailure as failure:
+        if failure.transient and attempt < MAX_DEQUEUE_COUNT:
+            raise RetryLater(f"attempt {attempt}/{MAX_DEQUEUE_COUNT}: {failure.message}") from failure
+        reason = failure.message if not failure.transient else f"gave up after {attempt} attempts: {failure.message}"
+        return await poison(reason, failure.code)
+
+    if reply.status < 400:
+        return Outcome("delivered", reply.status)
+    text = f"the listener on {connection!r} answered {reply.status} {reply.reason}".strip()
+    snippet = reply.body[:200].decode("utf-8", "replace").strip()
+    if snippet:
+        text += f": {snippet}"
+    if reply.status >= 500 or reply.status in TRANSIENT_LISTENER_STATUSES:
+        if attempt < MAX_DEQUEUE_COUNT:
+            raise RetryLater(f"attempt {attempt}/{MAX_DEQUEUE_COUNT}: {text}")
+        return await poison(f"gave up after {attempt} attempts: {text}", "listener_error", reply.status)
+    return await poison(text, "listener_rejected", reply.status)

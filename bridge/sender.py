@@ -1,0 +1,197 @@
+"""Sending to on-premises listeners: the core shared by the HTTP and the queue functions.
+
+One :class:`relay.client.HybridConnectionClient` per hybrid connection per worker process
+(its HTTP connection pool and, through the shared credential, one token cache). Failures are
+turned into :class:`SendFailure`, which says what the caller can do: the HTTP status to
+answer, a stable error code, a message naming the cause, and whether retrying can help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from azure.core.exceptions import ClientAuthenticationError
+
+from relay.client import HybridConnectionClient
+from relay.errors import (
+    AuthorizationFailedError,
+    ConnectionLostError,
+    EndpointNotFoundError,
+    ForbiddenError,
+    NoListenerError,
+    PayloadTooLargeError,
+    RejectedError,
+    RelayError,
+    RelayTimeoutError,
+)
+
+from .credentials import get_credential
+from .settings import RELAY_OUTBOUND_CONNECTIONS, Settings
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest request body the bridge relays (4 MiB); larger bodies answer 413."""
+REQUEST_TIMEOUT = 70.0
+"""Seconds to wait for the listener's response headers (Relay itself gives up after 60 s with 504)."""
+RETRY_AFTER_SECONDS = 5
+"""Retry-After sent with 503 when no listener is connected or the connection dropped."""
+
+_clients: dict[tuple, HybridConnectionClient] = {}
+
+
+@dataclass
+class SendFailure(Exception):
+    """Why a send failed, in terms a caller can act on."""
+
+    status: int
+    code: str
+    message: str
+    transient: bool
+    retry_after: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def to_json(self) -> dict:
+        return {"error": self.code, "message": self.message, "transient": self.transient}
+
+
+@dataclass
+class RelayReply:
+    """The on-premises listener's answer (headers not yet filtered)."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+
+
+def resolve_connection(settings: Settings, connection: str, path: str = "") -> tuple[str, str]:
+    """Split ``{connection}/{path}`` into an allowed outbound connection and the path below it.
+
+    The longest name in ``RELAY_OUTBOUND_CONNECTIONS`` matching at a segment boundary wins,
+    so names with '/' (``orders/eu``) work with the ``relay/{connection}/{*path}`` route.
+    Raises a 404 :class:`SendFailure` for connections the app may not send to.
+    """
+    full = f"{connection}/{path}".strip("/") if path else connection.strip("/")
+    best = None
+    for name in settings.outbound_connections:
+        if (full == name or full.startswith(name + "/")) and (best is None or len(name) > len(best)):
+            best = name
+    if best is None:
+        raise SendFailure(
+            404, "unknown_connection",
+            f"hybrid connection {connection!r} is not in {RELAY_OUTBOUND_CONNECTIONS}; the app only sends to: "
+            + ", ".join(settings.outbound_connections),
+            transient=False,
+        )
+    return best, "/" + full[len(best):].lstrip("/")
+
+
+def client_for(settings: Settings, connection: str) -> HybridConnectionClient:
+    """The process-wide client for ``connection`` (created on first use)."""
+    key = (settings.relay_address(connection), settings.relay_client_id, settings.relay_ca_file)
+    client = _clients.get(key)
+    if client is None:
+        client = HybridConnectionClient(
+            settings.relay_address(connection), get_credential(settings.relay_client_id), connection_verify=settings.connection_verify
+        )
+        _clients[key] = client
+    return client
+
+
+async def close_clients() -> None:
+    """Close and forget every cached Relay client."""
+    clients = list(_clients.values())
+    _clients.clear()
+    for client in clients:
+        await client.close()
+
+
+def classify(exc: BaseException, settings: Settings, connection: str) -> SendFailure:
+    """Map a relay, identity or network error to a :class:`SendFailure`."""
+    where = f"hybrid connection {connection!r} in namespace {settings.relay_namespace}"
+    identity = f"user-assigned identity {settings.relay_client_id}" if settings.relay_client_id else "system-assigned identity"
+    detail = str(exc)
+    if isinstance(exc, SendFailure):
+        return exc
+    if isinstance(exc, NoListenerError):
+        return SendFailure(503, "no_listener", f"no on-premises listener is connected to {where}; retry later", True, RETRY_AFTER_SECONDS)
+    if isinstance(exc, RelayTimeoutError):
+        return SendFailure(504, "listener_timeout", f"the listener on {where} did not answer in time", True)
+    if isinstance(exc, ForbiddenError):
+        return SendFailure(
+            500, "relay_forbidden",
+            f"the app's identity ({identity}) lacks the Azure Relay Sender role on {where}; assign the role "
+            f"(it takes up to five minutes to apply). Relay said: {detail}",
+            False,
+        )
+    if isinstance(exc, AuthorizationFailedError):
+        return SendFailure(
+            500, "relay_token_refused",
+            f"Relay refused the app's token for {where} ({identity}); check RELAY_CLIENT_ID and that the identity "
+            f"belongs to the namespace's tenant. Relay said: {detail}",
+            False,
+        )
+    if isinstance(exc, EndpointNotFoundError):
+        return SendFailure(404, "unknown_connection", f"{where} does not exist; check RELAY_NAMESPACE and the connection name", False)
+    if isinstance(exc, PayloadTooLargeError):
+        return SendFailure(413, "payload_too_large", f"the payload is too large for {where}: {detail}", False)
+    if isinstance(exc, RejectedError):
+        return SendFailure(502, "rejected", f"the listener on {where} refused the WebSocket: {detail}", False)
+    if isinstance(exc, ConnectionLostError):
+        return SendFailure(503, "connection_lost", f"the connection to {where} failed: {detail}", True, RETRY_AFTER_SECONDS)
+    if isinstance(exc, RelayError):
+        return SendFailure(502, "relay_error", f"Relay failed for {where}: {detail}", exc.is_transient,
+                           RETRY_AFTER_SECONDS if exc.is_transient else None)
+    if isinstance(exc, ClientAuthenticationError):
+        return SendFailure(
+            500, "identity_unavailable",
+            f"could not get a managed identity token for Relay ({identity}): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            True,
+        )
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return SendFailure(503, "network", f"network error reaching {where}: {type(exc).__name__}: {detail}", True, RETRY_AFTER_SECONDS)
+    return SendFailure(500, "internal", f"unexpected {type(exc).__name__} sending to {where}: {detail}", True)
+
+
+async def send_http(
+    settings: Settings,
+    connection: str,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout: float = REQUEST_TIMEOUT,
+) -> RelayReply:
+    """Relay one HTTP request; returns the listener's reply (any status) or raises :class:`SendFailure`."""
+    if len(body) > MAX_BODY_BYTES:
+        raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
+    client = client_for(settings, connection)
+    try:
+        response = await client.request(method, path or "/", body=body or None, headers=dict(headers), timeout=timeout)
+        async with response:
+            data = await response.read()
+            return RelayReply(response.status, response.reason, response.headers, data)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a SendFailure
+        raise classify(exc, settings, connection) from exc
+
+
+async def send_ws(
+    settings: Settings, connection: str, *, message: bytes | str, path: str = "", headers: Mapping[str, str] | None = None,
+    timeout: float = REQUEST_TIMEOUT,
+) -> None:
+    """Open a relayed WebSocket, send ``message`` as one message, close. Raises :class:`SendFailure`."""
+    size = len(message.encode("utf-8") if isinstance(message, str) else message)
+    if size > MAX_BODY_BYTES:
+        raise SendFailure(413, "payload_too_large", f"the message has {size} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
+    client = client_for(settings, connection)
+    try:
+        stream = await client.connect(path="" if path in ("", "/") else path, headers=dict(headers or {}), timeout=timeout)
+        async with stream:
+            await stream.send(message)
+    except Exception as exc:  # noqa: BLE001
+        raise classify(exc, settings, connection) from exc

@@ -1,0 +1,276 @@
+"""Every app setting the bridge reads, validated in one place.
+
+:func:`load_settings` turns the environment (app settings in Azure, ``local.settings.json``
+values locally) into a frozen :class:`Settings`. A missing or malformed value raises
+:class:`SettingsError` whose message names the setting and says what to set, so a
+misconfigured app fails on its first invocation with one clear line. The names are the
+ones in ``docs/settings.md``; :data:`SETTING_NAMES` lists every name the app reads (the infra
+consistency test compares it with ``infra/main.bicep`` and ``local.settings.sample.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .routing import Route, RoutingError, parse_routes, validate_queue_name
+
+RELAY_NAMESPACE = "RELAY_NAMESPACE"
+RELAY_CA_FILE = "RELAY_CA_FILE"
+RELAY_CLIENT_ID = "RELAY_CLIENT_ID"
+RELAY_OUTBOUND_CONNECTIONS = "RELAY_OUTBOUND_CONNECTIONS"
+RELAY_DEFAULT_CONNECTION = "RELAY_DEFAULT_CONNECTION"
+RELAY_INBOUND_CONNECTIONS = "RELAY_INBOUND_CONNECTIONS"
+INBOUND_ROUTES = "INBOUND_ROUTES"
+INBOUND_DEFAULT_QUEUE = "INBOUND_DEFAULT_QUEUE"
+CLAIM_CHECK_CONTAINER = "CLAIM_CHECK_CONTAINER"
+LISTENER_WINDOW_SECONDS = "LISTENER_WINDOW_SECONDS"
+
+STORAGE_CONNECTION = "BridgeStorage"
+"""Connection prefix of the app's own queues and blobs (also the queue trigger's ``connection``)."""
+STORAGE_QUEUE_URI = f"{STORAGE_CONNECTION}__queueServiceUri"
+STORAGE_BLOB_URI = f"{STORAGE_CONNECTION}__blobServiceUri"
+STORAGE_CREDENTIAL = f"{STORAGE_CONNECTION}__credential"
+STORAGE_CLIENT_ID = f"{STORAGE_CONNECTION}__clientId"
+
+SETTING_NAMES: tuple[str, ...] = (
+    RELAY_NAMESPACE,
+    RELAY_CA_FILE,
+    RELAY_CLIENT_ID,
+    RELAY_OUTBOUND_CONNECTIONS,
+    RELAY_DEFAULT_CONNECTION,
+    RELAY_INBOUND_CONNECTIONS,
+    INBOUND_ROUTES,
+    INBOUND_DEFAULT_QUEUE,
+    CLAIM_CHECK_CONTAINER,
+    LISTENER_WINDOW_SECONDS,
+    STORAGE_CONNECTION,
+    STORAGE_QUEUE_URI,
+    STORAGE_BLOB_URI,
+    STORAGE_CREDENTIAL,
+    STORAGE_CLIENT_ID,
+)
+"""Every setting the app code reads (the host reads ``AzureWebJobsStorage*`` itself)."""
+
+HOST_SETTING_NAMES: tuple[str, ...] = (
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+)
+"""Settings the Functions host and the Durable extension read (documented in the same table)."""
+
+OUTBOUND_QUEUE = "relay-outbound"
+OUTBOUND_POISON_QUEUE = "relay-outbound-poison"
+
+DEFAULT_INBOUND_QUEUE = "relay-inbound"
+DEFAULT_CLAIM_CHECK_CONTAINER = "relay-claimcheck"
+DEFAULT_LISTENER_WINDOW = 300
+MIN_LISTENER_WINDOW = 5
+MAX_LISTENER_WINDOW = 1500
+"""25 minutes: a window plus its drain must end well inside host.json's functionTimeout (30 min)."""
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::\d{1,5})?$")
+_ENTITY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,258}[A-Za-z0-9])?$")
+_CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class SettingsError(ValueError):
+    """An app setting is missing or malformed; the message names it and says what to set."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"app setting {setting}: {problem}")
+        self.setting = setting
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Where the app's queues and blobs live: a connection string, or service URIs plus managed identity."""
+
+    connection_string: str | None = None
+    queue_service_uri: str | None = None
+    blob_service_uri: str | None = None
+    client_id: str | None = None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+    def __repr__(self) -> str:  # a connection string may hold an account key
+        where = "connection string" if self.connection_string else f"{self.queue_service_uri}, {self.blob_service_uri}"
+        return f"StorageSettings({where})"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated configuration of the bridge (see docs/settings.md for each field's setting)."""
+
+    relay_namespace: str
+    relay_ca_file: str | None
+    relay_client_id: str | None
+    outbound_connections: tuple[str, ...]
+    default_connection: str
+    inbound_connections: tuple[str, ...]
+    inbound_routes: tuple[Route, ...]
+    inbound_default_queue: str
+    claim_check_container: str
+    listener_window_seconds: int
+    storage: StorageSettings
+
+    def relay_address(self, connection: str) -> str:
+        """``sb://{namespace}/{connection}``, the address the relay library takes."""
+        return f"sb://{self.relay_namespace}/{connection}"
+
+    @property
+    def connection_verify(self) -> bool | str:
+        """What to pass as ``connection_verify``: the CA file locally, system CAs in Azure."""
+        return self.relay_ca_file or True
+
+
+def _text(env: Mapping[str, str], name: str) -> str:
+    return (env.get(name) or "").strip()
+
+
+def _connections(env: Mapping[str, str], name: str, *, required: bool) -> tuple[str, ...]:
+    raw = _text(env, name)
+    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if required and not names:
+        raise SettingsError(name, "is missing; set it to a comma-separated list of hybrid connection names, e.g. 'orders,billing'")
+    for item in names:
+        if not _ENTITY.match(item) or "//" in item:
+            raise SettingsError(name, f"{item!r} is not a valid hybrid connection name (letters, digits, '.', '_', '-', '/')")
+    return names
+
+
+def _namespace(env: Mapping[str, str]) -> str:
+    value = _text(env, RELAY_NAMESPACE)
+    if not value:
+        raise SettingsError(
+            RELAY_NAMESPACE,
+            "is missing; set it to the Relay namespace host, e.g. 'contoso.servicebus.windows.net' "
+            "(locally the emulator's '127.0.0.1:PORT')",
+        )
+    if "://" in value or "/" in value or not _HOST.match(value):
+        raise SettingsError(
+            RELAY_NAMESPACE,
+            f"{value!r} is not a host name; set only the host (and port), e.g. 'contoso.servicebus.windows.net', "
+            "without 'sb://' or a path",
+        )
+    return value
+
+
+def _ca_file(env: Mapping[str, str]) -> str | None:
+    value = _text(env, RELAY_CA_FILE)
+    if not value:
+        return None
+    if not Path(value).is_file():
+        raise SettingsError(
+            RELAY_CA_FILE,
+            f"file {value!r} does not exist (relative to {os.getcwd()}); set it to the emulator's ca.pem or leave it empty in Azure",
+        )
+    return value
+
+
+def _client_id(env: Mapping[str, str], name: str) -> str | None:
+    value = _text(env, name)
+    if value and not _GUID.match(value):
+        raise SettingsError(name, f"{value!r} is not a client id (a GUID); set the user-assigned identity's client id or leave it empty")
+    return value or None
+
+
+def _window(env: Mapping[str, str]) -> int:
+    raw = _text(env, LISTENER_WINDOW_SECONDS)
+    if not raw:
+        return DEFAULT_LISTENER_WINDOW
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(LISTENER_WINDOW_SECONDS, f"{raw!r} is not a whole number of seconds") from None
+    if not MIN_LISTENER_WINDOW <= value <= MAX_LISTENER_WINDOW:
+        raise SettingsError(
+            LISTENER_WINDOW_SECONDS,
+            f"{value} is out of range; set {MIN_LISTENER_WINDOW}-{MAX_LISTENER_WINDOW} seconds "
+            "(it must stay below host.json functionTimeout, 30 minutes)",
+        )
+    return value
+
+
+def _storage(env: Mapping[str, str]) -> StorageSettings:
+    conn = _text(env, STORAGE_CONNECTION)
+    if conn:
+        return StorageSettings(connection_string=conn)
+    queue_uri, blob_uri = _text(env, STORAGE_QUEUE_URI), _text(env, STORAGE_BLOB_URI)
+    if not queue_uri and not blob_uri:
+        raise SettingsError(
+            STORAGE_CONNECTION,
+            f"is missing; set {STORAGE_CONNECTION} to a connection string (locally 'UseDevelopmentStorage=true') "
+            f"or, in Azure, {STORAGE_QUEUE_URI} and {STORAGE_BLOB_URI} for the managed identity",
+        )
+    for name, value in ((STORAGE_QUEUE_URI, queue_uri), (STORAGE_BLOB_URI, blob_uri)):
+        if not value:
+            raise SettingsError(name, f"is missing; set it too when using the identity-based form of {STORAGE_CONNECTION}")
+        if not value.startswith("https://"):
+            raise SettingsError(name, f"{value!r} must be an https:// service URI (token credentials need HTTPS)")
+    credential = _text(env, STORAGE_CREDENTIAL)
+    if credential and credential.lower() != "managedidentity":
+        raise SettingsError(STORAGE_CREDENTIAL, f"{credential!r} is not supported; set 'managedidentity' or leave it empty")
+    client_id = _client_id(env, STORAGE_CLIENT_ID)
+    return StorageSettings(queue_service_uri=queue_uri.rstrip("/"), blob_service_uri=blob_uri.rstrip("/"), client_id=client_id)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting from ``env`` (default ``os.environ``); raises :class:`SettingsError`."""
+    env = os.environ if env is None else env
+    namespace = _namespace(env)
+    outbound = _connections(env, RELAY_OUTBOUND_CONNECTIONS, required=True)
+    default = _text(env, RELAY_DEFAULT_CONNECTION) or outbound[0]
+    if default not in outbound:
+        raise SettingsError(
+            RELAY_DEFAULT_CONNECTION, f"{default!r} is not in {RELAY_OUTBOUND_CONNECTIONS} ({', '.join(outbound)}); add it there or pick one of them"
+        )
+    inbound = _connections(env, RELAY_INBOUND_CONNECTIONS, required=False)
+    raw_routes = _text(env, INBOUND_ROUTES)
+    try:
+        routes = parse_routes(json.loads(raw_routes)) if raw_routes else ()
+    except json.JSONDecodeError as exc:
+        raise SettingsError(INBOUND_ROUTES, f"is not valid JSON ({exc.msg} at character {exc.pos}); set a JSON list of rules") from None
+    except RoutingError as exc:
+        raise SettingsError(INBOUND_ROUTES, str(exc)) from None
+    default_queue = _text(env, INBOUND_DEFAULT_QUEUE) or DEFAULT_INBOUND_QUEUE
+    try:
+        validate_queue_name(default_queue)
+    except RoutingError as exc:
+        raise SettingsError(INBOUND_DEFAULT_QUEUE, str(exc)) from None
+    container = _text(env, CLAIM_CHECK_CONTAINER) or DEFAULT_CLAIM_CHECK_CONTAINER
+    if not _CONTAINER.match(container):
+        raise SettingsError(CLAIM_CHECK_CONTAINER, f"{container!r} is not a valid blob container name (3-63 lowercase letters, digits, '-')")
+    return Settings(
+        relay_namespace=namespace,
+        relay_ca_file=_ca_file(env),
+        relay_client_id=_client_id(env, RELAY_CLIENT_ID),
+        outbound_connections=outbound,
+        default_connection=default,
+        inbound_connections=inbound,
+        inbound_routes=routes,
+        inbound_default_queue=default_queue,
+        claim_check_container=container,
+        listener_window_seconds=_window(env),
+        storage=_storage(env),
+    )
+
+
+_cached: tuple[tuple, Settings] | None = None
+
+
+def get_settings() -> Settings:
+    """The settings of this process, re-validated only when one of the watched variables changes."""
+    global _cached
+    key = tuple(os.environ.get(name) for name in SETTING_NAMES)
+    if _cached is None or _cached[0] != key:
+        _cached = (key, load_settings(os.environ))
+    return _cached[1]

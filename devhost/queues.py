@@ -1,0 +1,273 @@
+"""Storage queue triggers and outputs against Azurite, with the host's queue semantics.
+
+Per queue-triggered function one :class:`QueueListener` polls its queue (host.json
+``extensions.queues``): up to ``batchSize`` messages per fetch, a new fetch once the in-flight
+count drops to ``newBatchThreshold``, randomized exponential back-off up to
+``maxPollingInterval`` while the queue is empty, base64 decoding (``messageEncoding``).
+A message is deleted only after the function succeeded; a failure makes it visible again
+after ``visibilityTimeout``; after ``maxDequeueCount`` failed attempts it moves, unchanged, to
+``<queue>-poison``. Messages stay invisible while a function runs (the lease is renewed), so a
+crash of devhost only delays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import random
+from typing import Any
+
+import azure.functions as func
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.queue import QueueMessage
+from azure.storage.queue.aio import QueueClient, QueueServiceClient
+
+from .hostconfig import QueueOptions
+from .invoker import Invoker, describe_exception
+from .loader import FunctionInfo
+
+log = logging.getLogger("devhost.queues")
+
+LEASE_SECONDS = 600  # how long a fetched message stays invisible while its function runs
+RENEW_EVERY = 240
+MIN_POLL = 0.1
+
+
+class ConnectionError_(RuntimeError):
+    """A binding's connection setting cannot be resolved to a storage account."""
+
+
+def resolve_connection(name: str | None, environ=os.environ) -> str:
+    """The storage connection string for a binding's ``connection`` (empty -> AzureWebJobsStorage)."""
+    name = name or "AzureWebJobsStorage"
+    for candidate in (name, f"AzureWebJobs{name}"):
+        value = environ.get(candidate)
+        if value:
+            return value
+    if any(k.startswith(f"{name}__") for k in environ):
+        raise ConnectionError_(
+            f"connection {name!r} is identity-based ({name}__queueServiceUri...); devhost needs a "
+            f"connection string in the {name} setting (e.g. UseDevelopmentStorage=true)")
+    raise ConnectionError_(f"connection setting {name!r} is not defined (local.settings.json Values or env)")
+
+
+def encode_message(value: Any, encoding: str) -> list[str]:
+    """Queue output binding value(s) -> message texts as the host writes them."""
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in encode_message(item, encoding)]
+    if isinstance(value, func.QueueMessage):
+        raw = value.get_body()
+    elif isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+    else:  # the host serializes POCOs as JSON
+        raw = json.dumps(value).encode("utf-8")
+    if encoding == "base64":
+        return [base64.b64encode(raw).decode("ascii")]
+    return [raw.decode("utf-8")]
+
+
+def decode_message(text: str, encoding: str) -> bytes:
+    if encoding == "base64":
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    return text.encode("utf-8")
+
+
+class QueueStore:
+    """Queue clients per (connection, queue); creates queues on first use; wakes local listeners."""
+
+    def __init__(self, options: QueueOptions) -> None:
+        self.options = options
+        self._services: dict[str, QueueServiceClient] = {}
+        self._ready: set[tuple[str, str]] = set()
+        self._listeners: dict[tuple[str, str], list["QueueListener"]] = {}
+
+    def client(self, connection: str | None, queue: str) -> QueueClient:
+        conn = resolve_connection(connection)
+        service = self._services.get(conn)
+        if service is None:
+            service = self._services[conn] = QueueServiceClient.from_connection_string(conn)
+        return service.get_queue_client(queue)
+
+    async def ensure(self, connection: str | None, queue: str) -> QueueClient:
+        client = self.client(connection, queue)
+        key = (resolve_connection(connection), queue)
+        if key not in self._ready:
+            try:
+                await client.create_queue()
+            except ResourceExistsError:
+                pass
+            self._ready.add(key)
+        return client
+
+    def register(self, listener: "QueueListener") -> None:
+        key = (resolve_connection(listener.connection), listener.queue)
+        self._listeners.setdefault(key, []).append(listener)
+
+    async def send(self, connection: str | None, queue: str, value: Any) -> None:
+        client = await self.ensure(connection, queue)
+        for text in encode_message(value, self.options.message_encoding):
+            await client.send_message(text)
+        for listener in self._listeners.get((resolve_connection(connection), queue), []):
+            listener.wake()
+
+    async def output_handler(self, binding: dict, value: Any) -> None:
+        """Invoker hook for ``queue`` output bindings."""
+        await self.send(binding.get("connection"), binding["queueName"], value)
+
+    async def close(self) -> None:
+        for service in self._services.values():
+            await service.close()
+
+
+class QueueListener:
+    """Polls one queue for one queue-triggered function."""
+
+    def __init__(self, info: FunctionInfo, store: QueueStore, invoker: Invoker) -> None:
+        self.info = info
+        self.store = store
+        self.invoker = invoker
+        self.options = store.options
+        self.queue = info.trigger["queueName"]
+        self.connection = info.trigger.get("connection")
+        self.arg = info.trigger["name"]
+        self._wake = asyncio.Event()
+        self.in_flight: set[asyncio.Task] = set()
+        annotation = getattr(info.callable, "__annotations__", {}).get(self.arg)
+        self._as = annotation if annotation in (str, bytes) else None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _connect(self) -> QueueClient:
+        """Create the queue and its poison queue; keep retrying while storage is unreachable."""
+        delay = 1.0
+        while True:
+            try:
+                client = await self.store.ensure(self.connection, self.queue)
+                self.poison = await self.store.ensure(self.connection, f"{self.queue}-poison")
+                return client
+            except ConnectionError_:
+                raise
+            except Exception as exc:
+                log.warning("queue %s (function %s): storage not reachable (%s); retrying in %.0f s",
+                            self.queue, self.info.name, describe_exception(exc).splitlines()[0], delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def run(self) -> None:
+        try:
+            client = await self._connect()
+        except ConnectionError_ as exc:
+            log.error("function %s will not run: %s", self.info.name, exc)
+            return
+        opts = self.options
+        in_flight = self.in_flight
+        delay = MIN_POLL
+        while True:
+            if len(in_flight) > opts.threshold:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                messages = [m async for m in client.receive_messages(
+                    messages_per_page=opts.batch_size, max_messages=opts.batch_size,
+                    visibility_timeout=LEASE_SECONDS)]
+            except Exception as exc:  # Azurite restarting etc.: back off, keep going
+                log.warning("queue %s: receive failed: %s", self.queue, describe_exception(exc))
+                messages = []
+            if messages:
+                delay = MIN_POLL
+                for message in messages:
+                    task = asyncio.create_task(self._process(client, message))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.8, 1.0))
+                delay = MIN_POLL
+            except asyncio.TimeoutError:
+                delay = min(delay * 2, opts.max_polling_interval)
+
+    async def _process(self, client: QueueClient, message) -> None:
+        opts = self.options
+        lease = {"pop_receipt": message.pop_receipt}
+        if message.dequeue_count > opts.max_dequeue_count:  # exceeded while devhost was down
+            await self._to_poison(client, message, lease)
+            return
+        renewer = asyncio.create_task(self._renew(client, message, lease))
+        ok = False
+        try:
+            body = decode_message(message.content or "", opts.message_encoding)
+            arg = self._bind(message, body)
+            await self.invoker.call(self.info, {self.arg: arg})
+            ok = True
+        except (binascii.Error, ValueError) as exc:
+            log.error("function %s: message %s could not be decoded (%s, messageEncoding=%s)",
+                      self.info.name, message.id, exc, opts.message_encoding)
+        except Exception as exc:
+            log.error("function %s failed for message %s (dequeue count %s): %s",
+                      self.info.name, message.id, message.dequeue_count, describe_exception(exc))
+        except asyncio.CancelledError:  # devhost stops: hand the message back at once
+            renewer.cancel()
+            try:
+                await asyncio.shield(client.update_message(message.id, lease["pop_receipt"], visibility_timeout=0))
+            except Exception:
+                pass  # it reappears when the lease expires
+            raise
+        finally:
+            renewer.cancel()
+        try:
+            if ok:
+                await client.delete_message(message.id, lease["pop_receipt"])
+                log.info("function %s processed message %s", self.info.name, message.id)
+            elif message.dequeue_count >= opts.max_dequeue_count:
+                await self._to_poison(client, message, lease)
+            else:
+                await client.update_message(message.id, lease["pop_receipt"],
+                                            visibility_timeout=int(opts.visibility_timeout))
+        except ResourceNotFoundError:
+            log.warning("queue %s: message %s vanished (lease lost?)", self.queue, message.id)
+
+    async def stop(self, grace: float) -> None:
+        """Let running invocations finish for ``grace`` seconds, then cancel and release the rest."""
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=grace)
+        for task in list(self.in_flight):
+            task.cancel()
+        await asyncio.gather(*self.in_flight, return_exceptions=True)
+
+    def _bind(self, message, body: bytes):
+        if self._as is bytes:
+            return body
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if self._as is str:
+            if text is None:
+                raise ValueError("message body is not UTF-8 text")
+            return text
+        return QueueMessage(
+            id=message.id, body=text if text is not None else body,
+            dequeue_count=message.dequeue_count, expiration_time=message.expires_on,
+            insertion_time=message.inserted_on, time_next_visible=message.next_visible_on,
+            pop_receipt=message.pop_receipt)
+
+    async def _renew(self, client: QueueClient, message, lease: dict) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            receipt = await client.update_message(message.id, lease["pop_receipt"],
+                                                  visibility_timeout=LEASE_SECONDS)
+            lease["pop_receipt"] = receipt.pop_receipt
+
+    async def _to_poison(self, client: QueueClient, message, lease: dict) -> None:
+        await self.poison.send_message(message.content)
+        await client.delete_message(message.id, lease["pop_receipt"])
+        log.warning("function %s: message %s moved to %s-poison after %s attempts",
+                    self.info.name, message.id, self.queue, message.dequeue_count)

@@ -1,0 +1,212 @@
+"""``python -m emulator``: run the local Azure Relay + managed-identity emulator.
+
+The first line on stdout is one JSON object describing the endpoints (see
+emulator/README.md); everything else is logged to stderr. Stop with Ctrl+C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from aiohttp import web
+
+from .auth import Authorizer
+from .certs import ensure_signing_key, ensure_tls, server_ssl_context
+from .config import ConfigError, EmulatorConfig, default_config, load_config
+from .identity import IdentityEndpoint, TokenIssuer
+from .server import RelayServer
+
+log = logging.getLogger("emulator")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m emulator", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, help="JSON config file (default: a generated local-dev namespace)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=0, help="Relay port, WebSocket and HTTP (0 = any free port)")
+    ap.add_argument("--identity-port", type=int, default=0, help="managed-identity endpoint port (0 = any)")
+    ap.add_argument("--no-tls", action="store_true", help="serve ws:// and http:// instead of wss:// and https://")
+    ap.add_argument("--state-dir", type=Path, default=Path(".local/emulator"),
+                    help="where the CA, keys and generated secrets live (default .local/emulator)")
+    ap.add_argument("--log-level", default=os.environ.get("EMULATOR_LOG_LEVEL", "INFO"))
+    ap.add_argument("--exit-on-stdin-eof", action="store_true",
+                    help="stop when stdin closes (test harnesses: no orphan emulator if the parent dies)")
+    return ap.parse_args(argv)
+
+
+def _write_private_json(path: Path, data: dict) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def _load(args: argparse.Namespace, state: Path) -> tuple[EmulatorConfig, bool]:
+    """Load the config file, or the generated default (kept in the state dir so keys survive restarts)."""
+    if args.config is not None:
+        try:
+            data = json.loads(args.config.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {args.config}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"config file {args.config} is not valid JSON: {exc}") from None
+        return load_config(data), False
+    path = state / "default-config.json"
+    data = None
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            return load_config(data), True
+        except (ValueError, ConfigError):
+            data = None
+    data = default_config()
+    _write_private_json(path, data)
+    return load_config(data), True
+
+
+def _identity_header(config: EmulatorConfig, state: Path) -> str:
+    if config.identity_header:
+        return config.identity_header
+    path = state / "identity-header"
+    if path.exists():
+        value = path.read_text().strip()
+        if value:
+            return value
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple):
+            return int(addr[1])
+    raise RuntimeError("server has no bound address")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    state = args.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    config, generated = _load(args, state)
+    issuer = TokenIssuer(config, ensure_signing_key(state))
+    header = _identity_header(config, state)
+
+    ssl_ctx = None
+    ca_cert = None
+    if not args.no_tls:
+        ca_path, cert, key = ensure_tls(state)
+        ssl_ctx = server_ssl_context(cert, key)
+        ca_cert = str(ca_path)
+
+    relay_server = RelayServer(config, Authorizer(config, issuer))
+    relay_runner = web.AppRunner(relay_server.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await relay_runner.setup()
+    await web.TCPSite(relay_runner, args.host, args.port, ssl_context=ssl_ctx, reuse_address=True, backlog=512).start()
+    port = _bound_port(relay_runner)
+
+    identity = IdentityEndpoint(config, issuer, header)
+    id_runner = web.AppRunner(identity.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await id_runner.setup()
+    await web.TCPSite(id_runner, args.host, args.identity_port, reuse_address=True).start()
+    id_port = _bound_port(id_runner)
+
+    host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    authority = f"{host}:{port}"
+    effective = dict(config.raw)
+    # Spell out the tunables too, so callers see the limits actually in force.
+    for key, value in (
+        ("tokenLifetimeSeconds", config.token_lifetime_seconds),
+        ("listenerLimit", config.listener_limit),
+        ("acceptTimeoutSeconds", config.accept_timeout_seconds),
+        ("responseTimeoutSeconds", config.response_timeout_seconds),
+        ("inlineThresholdBytes", config.inline_threshold_bytes),
+        ("tokenGraceSeconds", config.token_grace_seconds),
+        ("noListenerHttpStatus", config.no_listener_http_status),
+        ("idleTimeoutSeconds", config.idle_timeout_seconds),
+        ("listenerRecycleSeconds", config.listener_recycle_seconds),
+        ("maxMessageBytes", config.max_message_bytes),
+    ):
+        effective.setdefault(key, value)
+    effective_path = state / "effective-config.json"
+    _write_private_json(effective_path, effective)
+    info = {
+        "namespace": config.namespace,
+        "relay": f"{'ws' if args.no_tls else 'wss'}://{authority}",
+        "http": f"{'http' if args.no_tls else 'https'}://{authority}",
+        "identity_endpoint": f"http://{host}:{id_port}/msi/token",
+        "identity_header": header,
+        "ca_cert": ca_cert,
+        "port": port,
+        "identity_port": id_port,
+        "endpoint": f"sb://{authority}/",
+        "identity_stats": f"http://{host}:{id_port}/stats",
+        "state_dir": str(state),
+        "config_file": str(effective_path),
+        "pid": os.getpid(),
+    }
+    if generated:
+        # Local dev only: the generated keys are random per state dir, handy for connection strings.
+        info["connection_strings"] = {
+            rule.name: f"Endpoint=sb://{authority}/;SharedAccessKeyName={rule.name};SharedAccessKey={rule.key}"
+            for rule in config.sas_rules
+        }
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
+    log.info("relay on %s, identity endpoint on %s, namespace %s", info["relay"], info["identity_endpoint"], config.namespace)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if args.exit_on_stdin_eof:
+        # A daemon thread blocks on stdin; EOF means the parent went away.
+        def watch() -> None:
+            with contextlib.suppress(Exception):
+                while sys.stdin.buffer.read(65536):
+                    pass
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+    await stop.wait()
+    log.info("shutting down")
+    await id_runner.cleanup()
+    await relay_runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop  # optional accelerator
+    except ImportError:
+        uvloop = None
+    try:
+        if uvloop is not None:
+            return uvloop.run(_serve(args))
+        return asyncio.run(_serve(args))
+    except ConfigError as exc:
+        print(f"emulator: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

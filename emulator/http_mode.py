@@ -1,0 +1,233 @@
+"""HTTP senders (relay-protocol.md §1.5, §1.6, §2.4, §2.5, §6.3).
+
+A plain HTTP(S) request to ``/{entity}[/suffix][?query]`` becomes a ``request``
+command for a listener: inline on the control channel (JSON + one binary body
+message) when ``Content-Length`` is known and headers + body fit the inline
+threshold (64 KiB), otherwise the address-only form, after which the listener
+opens the rendezvous (``sb-hc-action=request``) and gets the full request there.
+The ``response`` is accepted on the control channel or on that rendezvous; the
+sender gets its status, ``statusDescription`` as the reason phrase, the
+listener's headers and ``Via: 1.1 {host}``. No answer within the response
+timeout gives 504; no listener gives 502 (configurable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from aiohttp import WSMsgType, web
+
+from relay import protocol as p
+
+from .auth import SEND, AuthError
+from .listeners import Listener, NoListener
+
+if TYPE_CHECKING:
+    from .server import RelayServer
+
+_DROP_REQUEST = p.HOP_BY_HOP_HEADERS | {p.HEADER_TOKEN.lower()}
+# aiohttp computes framing itself; these must not be copied from the listener's answer.
+_DROP_RESPONSE = p.HOP_BY_HOP_HEADERS | {"content-length"}
+
+
+@dataclass(eq=False, slots=True)
+class PendingRequest:
+    """An HTTP request handed to a listener and waiting for its response."""
+
+    id: str
+    secret: str
+    entity: str
+    listener: Listener
+    command: p.RequestCommand  # the full request (for the rendezvous form)
+    body: bytes
+    inline: bool
+    delivered: bool = False  # full request already sent (inline, or over a rendezvous)
+    rendezvous_open: bool = False  # the listener holds a rendezvous for it (the response may come there)
+    response: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def resolve(self, command: p.ResponseCommand, body: bytes | None) -> None:
+        if not self.response.done():
+            self.response.set_result((command, body))
+
+    def fail(self, message: str) -> None:
+        if not self.response.done():
+            self.response.set_result(message)
+
+
+def _reason(text: str | None) -> str | None:
+    if not text:
+        return None
+    # A reason phrase is one line of latin-1 text.
+    return text.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace").decode("latin-1")
+
+
+class HttpMode:
+    """Serves HTTP senders for a :class:`~emulator.server.RelayServer`."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.pending: dict[str, PendingRequest] = {}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        srv = self.server
+        cfg = srv.config
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        match = p.split_entity_path(request.path, cfg.hybrid_connections)
+        host = request.host
+        if match is None:
+            return srv.error(404, p.MSG_ENDPOINT_NOT_FOUND, host, request.path.strip("/"))
+        entity, _suffix = match
+        hc = cfg.hybrid_connections[entity]
+
+        # Token rules (§1.6): sb-hc-token and ServiceBusAuthorization are always consumed;
+        # Authorization only when auth is on and neither of those is present.
+        params = p.query_params(raw_query) if raw_query else {}
+        token = request.headers.get(p.HEADER_TOKEN) or params.get(p.QUERY_TOKEN)
+        consume_authorization = False
+        if hc.requires_client_authorization:
+            if token is None and "Authorization" in request.headers:
+                token = request.headers["Authorization"]
+                consume_authorization = True
+            try:
+                srv.authorizer.authorize(token, entity, SEND)
+            except AuthError as exc:
+                return srv.error(exc.status, exc.message, host, entity)
+
+        try:
+            listener = srv.listeners.pick(
+                entity,
+                request.headers.get(p.HEADER_ALLOWED_LISTENERS),
+                request.headers.get(p.HEADER_DISALLOWED_LISTENERS),
+            )
+        except NoListener as exc:
+            status = cfg.no_listener_http_status if exc.message == p.MSG_NO_LISTENERS else 404
+            return srv.error(status, exc.message, host, entity)
+
+        pairs = []
+        header_bytes = 0
+        for name_b, value_b in request.raw_headers:
+            name = name_b.decode("latin-1")
+            lname = name.lower()
+            if lname in _DROP_REQUEST or (consume_authorization and lname == "authorization"):
+                continue
+            value = value_b.decode("latin-1")
+            header_bytes += len(name) + len(value) + 4
+            pairs.append((name, value))
+        headers = p.fold_headers(pairs)
+        filtered = p.filter_sb_hc_query(raw_query)
+        target = f"{raw_path}?{filtered}" if filtered else raw_path
+
+        length = request.content_length
+        has_body = request.body_exists
+        inline = not has_body or (length is not None and header_bytes + length <= cfg.inline_threshold_bytes)
+        body = await request.read() if has_body else b""
+
+        request_id = p.new_tracking_id()
+        secret = secrets.token_urlsafe(24)
+        address = (
+            f"{listener.scheme}://{listener.host}{p.HC_PREFIX}{quote(entity, safe='/')}"
+            f"?{p.QUERY_ACTION}={p.ACTION_REQUEST}&{p.QUERY_ID}={request_id}&sb-hc-secret={secret}"
+        )
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        command = p.RequestCommand(
+            address=address,
+            id=request_id,
+            request_target=target,
+            method=request.method,
+            request_headers=headers,
+            remote_endpoint=p.RemoteEndpoint(peer[0], peer[1]) if peer else None,
+            body=bool(body) or (has_body and length is not None and length > 0),
+        )
+        pending = PendingRequest(request_id, secret, entity, listener, command, body, inline, delivered=inline)
+        self.pending[request_id] = pending
+        try:
+            try:
+                if inline:
+                    await listener.send(p.encode_command(command), body if command.body else None)
+                else:
+                    await listener.send(p.encode_command(p.RequestCommand(address=address, id=request_id)))
+            except (ConnectionError, RuntimeError):
+                return srv.error(cfg.no_listener_http_status, p.MSG_NO_LISTENERS, host, entity)
+            try:
+                outcome = await asyncio.wait_for(pending.response, cfg.response_timeout_seconds)
+            except asyncio.TimeoutError:
+                return srv.error(504, p.MSG_RESPONSE_TIMEOUT, host, entity)
+        finally:
+            self.pending.pop(request_id, None)
+        if isinstance(outcome, str):
+            return srv.error(502, outcome, host, entity)
+        response, response_body = outcome
+        return self._response(request, response, response_body, host)
+
+    def _response(self, request: web.Request, cmd: p.ResponseCommand, body: bytes | None, host: str) -> web.Response:
+        out = web.Response(status=cmd.status_code, reason=_reason(cmd.status_description))
+        via = None
+        for name, value in cmd.response_headers.items():
+            lname = name.lower()
+            if lname in _DROP_RESPONSE:
+                continue
+            if lname == "via":
+                via = value
+                continue
+            out.headers.add(name, value)
+        out.headers["Via"] = f"{via}, 1.1 {host}" if via else f"1.1 {host}"
+        if body and request.method != "HEAD" and cmd.status_code not in (204, 304) and cmd.status_code >= 200:
+            out.body = body
+        return out
+
+    # -- listener side ----------------------------------------------------------------------
+
+    def listener_gone(self, listener: Listener) -> None:
+        """A control channel closed: requests that can only be answered through it fail now (502)."""
+        for pending in list(self.pending.values()):
+            if pending.listener is listener and not pending.rendezvous_open:
+                pending.fail("The listener disconnected before responding.")
+
+    def on_response(self, command: p.ResponseCommand, body: bytes | None) -> PendingRequest | None:
+        """A ``response`` arrived (control channel or rendezvous): complete the matching request."""
+        pending = self.pending.get(command.request_id)
+        if pending is not None:
+            pending.resolve(command, body if command.body else None)
+        return pending
+
+    async def rendezvous(self, request: web.Request, params: dict[str, str], entity: str) -> web.StreamResponse:
+        """The listener opened ``sb-hc-action=request``: deliver the request if needed, read the response."""
+        srv = self.server
+        pending = self.pending.get(params.get(p.QUERY_ID, ""))
+        if pending is None or not secrets.compare_digest(pending.secret, params.get("sb-hc-secret", "")):
+            return srv.error(403, "The rendezvous address is not valid or has expired.", request.host, entity)
+        ws = srv.new_websocket()
+        await ws.prepare(request)
+        pending.rendezvous_open = True
+        if not pending.delivered:
+            pending.delivered = True
+            await ws.send_str(p.encode_command(pending.command))
+            if pending.command.body:
+                await ws.send_bytes(pending.body)
+        reader = p.CommandReader()
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.BINARY and not reader.awaiting_body:
+                    continue  # hyco-https sends an empty body even after body:false
+                if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
+                    break
+                try:
+                    item = reader.feed(msg.data)
+                except p.ProtocolError as exc:
+                    srv.log.warning("rendezvous protocol error: %s", exc)
+                    break
+                if item is None:
+                    continue
+                command, body = item
+                if isinstance(command, p.ResponseCommand):
+                    if self.on_response(command, body) is pending:
+                        break  # one exchange per rendezvous; hyco-https leaves the socket open
+        finally:
+            pending.fail("The listener closed the rendezvous connection before responding.")
+            if not ws.closed:
+                await ws.close(code=1000, message=b"Normal Closure")
+        return ws

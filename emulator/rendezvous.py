@@ -1,0 +1,106 @@
+"""Joining a WebSocket sender to the listener's rendezvous socket, and relaying between them.
+
+The relay works at the message level: each received message is written to the
+other leg as one frame of the same type (text stays text, binary stays binary,
+boundaries kept); text is never decoded (``decode_text=False``). Pings are
+answered per hop by aiohttp. A close frame is forwarded with its code and reason
+while the other direction keeps flowing (half-close); the transports are torn
+down once both directions have closed, or at once if either TCP connection dies.
+
+This leans on two aiohttp internals: ``ws._writer`` (to send a close frame
+without aiohttp's ``close()``, which would swallow the data still coming the
+other way) and ``_set_closed``/``_close_transport`` (to finish without a second
+close frame). Both are stable across aiohttp 3.9-3.14.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CLOSE = WSMsgType.CLOSE
+
+
+@dataclass(eq=False, slots=True)
+class PendingAccept:
+    """A WebSocket sender waiting for the listener to open (or reject) its rendezvous."""
+
+    id: str
+    entity: str
+    # Resolved by the rendezvous handler with ("accept", listener_ws, protocol) or ("reject", code, text).
+    outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # Resolved by the sender handler when relaying is over, so the rendezvous handler can return.
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+async def _send_close(ws: web.WebSocketResponse, code: int | None, reason: bytes) -> None:
+    writer = ws._writer  # noqa: SLF001
+    if writer is None:
+        return
+    if code is None or code in (0, 1005, 1006, 1015):
+        payload = b""  # no status code on the wire (1005/1006/1015 are never sent)
+        await writer.send_frame(payload, _CLOSE)
+        writer._closing = True  # noqa: SLF001 - mirror WebSocketWriter.close()
+    else:
+        await writer.close(code, reason)
+
+
+async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse) -> bool:
+    """Copy messages src -> dst until src closes. True for a clean close (forwarded), False if src died."""
+    receive = src.receive
+    writer = dst._writer  # noqa: SLF001
+    assert writer is not None
+    send = writer.send_frame
+    try:
+        while True:
+            msg = await receive()
+            kind = msg.type
+            if kind is _BINARY or kind is _TEXT:
+                await send(msg.data, kind)
+            elif kind is _CLOSE:
+                reason = msg.extra.encode("utf-8") if isinstance(msg.extra, str) else (msg.extra or b"")
+                await _send_close(dst, msg.data, reason)
+                return True
+            else:  # CLOSED / ERROR / CLOSING: the source connection is gone
+                return False
+    except (ConnectionError, RuntimeError, asyncio.TimeoutError):
+        return False
+
+
+def _finish(ws: web.WebSocketResponse) -> None:
+    ws._set_closed()  # noqa: SLF001 - the close handshake was already relayed
+    ws._close_transport()  # noqa: SLF001
+
+
+async def relay(a: web.WebSocketResponse, b: web.WebSocketResponse) -> None:
+    """Relay both directions until both have closed (or one connection dies)."""
+    loop = asyncio.get_running_loop()
+    ab = loop.create_task(_pump(a, b))
+    ba = loop.create_task(_pump(b, a))
+    try:
+        done, _ = await asyncio.wait((ab, ba), return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        other = ba if first is ab else ab
+        if first.result():
+            # Half-close: keep relaying the other direction until it closes too.
+            await other
+        else:
+            other.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await other
+            # The peer of the dead side learns with 1001 (going away), as the service does.
+            alive = b if first is ab else a
+            with contextlib.suppress(Exception):
+                if not alive._writer._closing:  # noqa: SLF001
+                    await _send_close(alive, 1001, b"The other side of the connection went away.")
+    finally:
+        for task in (ab, ba):
+            if not task.done():
+                task.cancel()
+        _finish(a)
+        _finish(b)

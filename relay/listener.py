@@ -1,0 +1,842 @@
+"""``HybridConnectionListener``: the on-premises side, serving WebSocket and HTTP senders."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from http import HTTPStatus
+from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, Mapping, Union
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import WSMsgType
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ._frames import frames_supported, send_streamed_message, write_command
+from ._hints import add_hint
+from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
+from .client import HEADER_USER_AGENT
+from .connection_string import parse_connection_string
+from .credentials import RelayToken, get_token_provider
+from .errors import ConnectionLostError, EndpointNotFoundError, RelayError, error_from_status
+from .protocol import (
+    ACTION_LISTEN,
+    HEADER_TOKEN,
+    HOP_BY_HOP_HEADERS,
+    INLINE_LIMIT,
+    AcceptCommand,
+    CommandReader,
+    ProtocolError,
+    RemoteEndpoint,
+    RenewTokenCommand,
+    RequestCommand,
+    ResponseCommand,
+    encode_command,
+    filter_sb_hc_query,
+    hc_url,
+    reject_url,
+)
+from .stream import HybridConnectionStream
+
+__all__ = [
+    "AcceptContext",
+    "HybridConnectionListener",
+    "ListenerState",
+    "RelayedHttpRequest",
+    "RelayedHttpResponse",
+    "RETRY_DELAYS",
+]
+
+_log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
+"""Seconds between reconnect attempts (.NET's list); stays at the last value, resets once online."""
+
+MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
+MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
+MSG_HANDLER_TIMEOUT = "The listener RequestHandler did not answer in time."
+MSG_ACCEPT_HANDLER_FAILED = "The Listener's custom AcceptHandler threw an exception. See Listener logs for details."
+MSG_REJECTED = "Rejected by user code"
+MSG_SHUTTING_DOWN = "The listener is shutting down."
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+
+
+class ListenerState:
+    """Values of :attr:`HybridConnectionListener.state`."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Request / response / accept context
+# ---------------------------------------------------------------------------------------------
+
+
+class RelayedHttpRequest:
+    """An HTTP request relayed to this listener.
+
+    ``method``; ``target`` (the sender's path and query, *including* the entity path, with the
+    ``sb-hc-*`` parameters removed, e.g. ``/orders/a?x=1``); ``path`` (relative to the entity,
+    ``/a``); ``query`` (raw query string without ``?``, ``"x=1"``); ``query_params`` (decoded
+    dict, first value wins); ``headers`` (case-insensitive; repeated headers arrive folded into
+    one comma-joined value); ``body`` (bytes, empty when there is none) or ``await read()``;
+    ``id`` (the service's request id); ``remote_endpoint`` (sender address and port, or ``None``).
+    """
+
+    __slots__ = ("method", "target", "path", "query", "body", "id", "remote_endpoint", "_raw_headers", "_headers")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | None,
+        body: bytes,
+        id: str,
+        remote_endpoint: RemoteEndpoint | None,
+        entity: str,
+    ):
+        self.method = method
+        self.target = target
+        path, _, self.query = target.partition("?")
+        prefix = "/" + entity
+        if path.lower().startswith(prefix.lower()) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            path = path[len(prefix) :] or "/"
+        self.path = path or "/"
+        self._raw_headers = headers or {}
+        self._headers: CIMultiDictProxy[str] | None = None
+        self.body = body
+        self.id = id
+        self.remote_endpoint = remote_endpoint
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = CIMultiDictProxy(CIMultiDict(self._raw_headers))
+        return headers
+
+    @property
+    def query_params(self) -> dict[str, str]:
+        from .protocol import query_params
+
+        return query_params(self.query)
+
+    async def read(self) -> bytes:
+        """The whole body (already received when the handler runs)."""
+        return self.body
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The body decoded (UTF-8 by default)."""
+        return self.body.decode(encoding, errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        import json
+
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<RelayedHttpRequest {self.method} {self.target} id={self.id!r} body={len(self.body)} bytes>"
+
+
+BodyType = Union[bytes, bytearray, memoryview, str, AsyncIterable[bytes], None]
+
+
+class RelayedHttpResponse:
+    """The answer a request handler returns.
+
+    ``status`` (default 200); ``headers`` (mapping or list of pairs; repeated names are folded
+    into one comma-joined value because the protocol carries one string per name; hop-by-hop
+    headers such as ``Content-Length`` are dropped, the service frames the body itself);
+    ``body``: bytes, str (UTF-8; ``Content-Type: text/plain; charset=utf-8`` is added when no
+    content type is set) or an async iterable of bytes (streamed over a rendezvous); ``reason``:
+    the status description (default: the standard phrase).
+
+    Bodies up to 64 KiB go inline on the control channel; bigger or streamed bodies go over a
+    rendezvous WebSocket to the request's address.
+    """
+
+    __slots__ = ("status", "headers", "body", "reason")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        body: BodyType = b"",
+        reason: str | None = None,
+    ):
+        self.status = int(status)
+        self.headers = headers
+        self.body = body
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<RelayedHttpResponse {self.status}>"
+
+
+def _response_headers(headers: Any, body_is_text: bool) -> dict[str, str]:
+    result: dict[str, str] = {}
+    if headers:
+        items = headers.items() if hasattr(headers, "items") else headers
+        lowered: dict[str, str] = {}
+        for name, value in items:
+            key = name.lower()
+            if key in HOP_BY_HOP_HEADERS:
+                continue
+            value = str(value)
+            if key in lowered:
+                original = lowered[key]
+                result[original] = f"{result[original]}, {value}"
+            else:
+                lowered[key] = name
+                result[name] = value
+        if body_is_text and "content-type" not in lowered:
+            result["Content-Type"] = "text/plain; charset=utf-8"
+    elif body_is_text:
+        result["Content-Type"] = "text/plain; charset=utf-8"
+    return result
+
+
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
+def _reason(status: int, reason: str | None) -> str:
+    if reason is not None:
+        return reason.replace("\r", " ").replace("\n", " ")
+    return _PHRASES.get(status, "")
+
+
+class AcceptContext:
+    """What an ``accept_handler`` sees about a WebSocket sender, and how it answers.
+
+    Read: ``id`` (tracking id), ``url`` (``sb://host/entity[/suffix][?app query]``, ``sb-hc-*``
+    removed), ``headers`` (the sender's handshake headers, case-insensitive), ``subprotocols``
+    (offered, in order), ``remote_endpoint``. Set: ``subprotocol`` (default: the first offered,
+    ``None`` for none), and on rejection ``status_code`` (default 400) and
+    ``status_description`` (default "Rejected by user code").
+    """
+
+    __slots__ = ("id", "url", "headers", "subprotocols", "subprotocol", "remote_endpoint", "status_code", "status_description")
+
+    def __init__(self, command: AcceptCommand, url: str):
+        self.id = command.id
+        self.url = url
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(command.connect_headers))
+        offered = self.headers.get("Sec-WebSocket-Protocol", "")
+        self.subprotocols = [p.strip() for p in offered.split(",") if p.strip()]
+        self.subprotocol: str | None = self.subprotocols[0] if self.subprotocols else None
+        self.remote_endpoint = command.remote_endpoint
+        self.status_code: int | None = None
+        self.status_description: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<AcceptContext id={self.id!r} url={self.url!r}>"
+
+
+RequestHandler = Callable[[RelayedHttpRequest], Union[RelayedHttpResponse, Awaitable[RelayedHttpResponse], None]]
+AcceptHandler = Callable[[AcceptContext], Union[bool, Awaitable[bool]]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Listener
+# ---------------------------------------------------------------------------------------------
+
+
+class HybridConnectionListener:
+    """Listen on a hybrid connection: accept WebSocket senders and answer HTTP requests.
+
+    ``async with HybridConnectionListener(address, credential, ...) as listener:`` connects the
+    control channel (errors of that first attempt raise, e.g.
+    :class:`~relay.errors.AuthorizationFailedError` or :class:`~relay.errors.ForbiddenError`
+    with the likely cause) and starts a background pump. Then:
+
+    * WebSocket senders: ``stream = await listener.accept()`` or ``async for stream in listener``
+      (``accept()`` returns ``None`` once the listener is closed). ``accept_handler(ctx)`` (sync
+      or async) may reject a sender by returning False (set ``ctx.status_code`` /
+      ``ctx.status_description``; defaults 400 "Rejected by user code"; an exception rejects with
+      502) or pick ``ctx.subprotocol``.
+    * HTTP senders: ``request_handler(request)`` (sync or async) gets a
+      :class:`RelayedHttpRequest` and returns a :class:`RelayedHttpResponse`. Exceptions answer
+      500, a missing handler 501 (as .NET), and a handler slower than ``handler_timeout`` (55 s,
+      inside the service's 60 s deadline) answers 504.
+
+    The listener reconnects after any drop with .NET's backoff (0, 1, 2, 5, 10, 30 s ...), except
+    when the hybrid connection does not exist (404): then it goes offline and ``last_error``
+    holds :class:`~relay.errors.EndpointNotFoundError`. It renews its token on the control
+    channel (``renewToken``) before expiry, pings every ``keepalive_interval`` seconds, and
+    reports ``state``, ``is_online``, ``last_error`` and the callbacks ``on_connecting`` (before
+    the first connect and whenever it starts reconnecting), ``on_online`` (each time the control
+    channel is up) and ``on_offline`` (gave up, or closed); all are sync or async callables without
+    arguments.
+
+    ``listener_id`` (default: a new GUID) is sent as ``sb-hc-id``; senders target it with
+    ``allowed_listeners``. ``renew_margin`` overrides how many seconds before expiry the token is
+    renewed (default: 10 % of its lifetime, at most 4 min). :meth:`close` stops accepting, lets
+    in-flight requests finish for up to ``close_timeout`` seconds, then closes the control
+    channel with 1000.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        credential: Any = None,
+        *,
+        connection_verify: bool | str | Any = True,
+        request_handler: RequestHandler | None = None,
+        accept_handler: AcceptHandler | None = None,
+        listener_id: str | None = None,
+        keepalive_interval: float | None = 210.0,
+        renew_margin: float | None = None,
+        use_tls: bool | None = None,
+        operation_timeout: float = 60.0,
+        handler_timeout: float = 55.0,
+        close_timeout: float = 10.0,
+        user_agent: str | None = None,
+        on_online: Callable[[], Any] | None = None,
+        on_offline: Callable[[], Any] | None = None,
+        on_connecting: Callable[[], Any] | None = None,
+    ):
+        self._address = parse_address(address, use_tls)
+        self._provider = get_token_provider(credential)
+        self._ssl = build_ssl_context(connection_verify) if self._address.use_tls else None
+        self.request_handler = request_handler
+        self.accept_handler = accept_handler
+        self.listener_id = listener_id or str(uuid.uuid4())
+        self._keepalive = keepalive_interval
+        self._renew_margin = renew_margin
+        self._operation_timeout = operation_timeout
+        self._handler_timeout = handler_timeout
+        self._close_timeout = close_timeout
+        self._user_agent = f"{user_agent} {USER_AGENT}" if user_agent else USER_AGENT
+        self.on_online = on_online
+        self.on_offline = on_offline
+        self.on_connecting = on_connecting
+
+        self.state = ListenerState.IDLE
+        self.last_error: BaseException | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._control: aiohttp.ClientWebSocketResponse | None = None
+        self._send_lock = asyncio.Lock()
+        self._pump_task: asyncio.Task | None = None
+        self._renew_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._accepted: asyncio.Queue[HybridConnectionStream | None] = asyncio.Queue()
+        self._closing = False
+        self._direct_writes = False
+        self._wakeup: asyncio.Event | None = None
+        self._url = hc_url(self._address.ws_base, self._address.entity, ACTION_LISTEN, id=self.listener_id)
+        self._accept_url_base = self._address.sb_uri
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str, credential: Any = None, **kwargs: Any) -> HybridConnectionListener:
+        """Build a listener from a Relay connection string (see :mod:`relay.connection_string`).
+
+        ``entity_path=`` names the hybrid connection when the string has no ``EntityPath``.
+        """
+        cs = parse_connection_string(conn_str)
+        address = cs.address(kwargs.pop("entity_path", None))
+        options = cs.client_kwargs()
+        options.update(kwargs)
+        return cls(address, credential if credential is not None else cs.credential(), **options)
+
+    def __repr__(self) -> str:
+        return f"HybridConnectionListener({self.address!r}, state={self.state!r}, listener_id={self.listener_id!r})"
+
+    @property
+    def address(self) -> str:
+        """The logical address ``sb://host[:port]/entity``."""
+        return self._address.sb_uri
+
+    @property
+    def is_online(self) -> bool:
+        """True while the control channel is connected."""
+        return self.state == ListenerState.ONLINE
+
+    @property
+    def token_provider(self):
+        """The shared :class:`~relay.credentials.TokenProvider` for this listener's credential."""
+        return self._provider
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the control channel (errors raise) and start serving in the background."""
+        if self._pump_task is not None:
+            raise RuntimeError("the listener is already open")
+        if self.state == ListenerState.CLOSED:
+            raise RuntimeError("a closed listener cannot be reopened; create a new one")
+        self._closing = False
+        self._wakeup = asyncio.Event()
+        self._session = new_session(self._ssl, limit=0, no_user_agent=True)
+        self._set_state(ListenerState.CONNECTING)
+        try:
+            ws, token = await asyncio.wait_for(self._connect_control(), self._operation_timeout)
+        except BaseException as exc:
+            self.last_error = exc if isinstance(exc, Exception) else None
+            await self._session.close()
+            self._session = None
+            self.state = ListenerState.OFFLINE
+            if isinstance(exc, asyncio.TimeoutError):
+                raise ConnectionLostError(f"listen on {self.address}: no answer within {self._operation_timeout:g} s") from None
+            raise
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(ws, token), name=f"relay-listener-{self.listener_id}")
+
+    async def __aenter__(self) -> HybridConnectionListener:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``close_timeout`` s), close with 1000."""
+        if self.state in (ListenerState.CLOSED, ListenerState.CLOSING):
+            return
+        was_online = self.is_online
+        self._closing = True
+        self.state = ListenerState.CLOSING
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(list(self._tasks), timeout=self._close_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+        ws = self._control
+        if ws is not None and not ws.closed:
+            try:
+                async with self._send_lock:
+                    await asyncio.wait_for(ws.close(code=1000, message=b"Normal Closure"), self._close_timeout)
+            except Exception:
+                pass
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            try:
+                await self._pump_task
+            except BaseException:
+                pass
+        # Sockets accepted but never taken by accept() are closed, and waiting accept() calls get None.
+        while not self._accepted.empty():
+            stream = self._accepted.get_nowait()
+            if stream is not None:
+                await stream.close(1001, MSG_SHUTTING_DOWN)
+        self._accepted.put_nowait(None)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.state = ListenerState.CLOSED
+        if was_online:
+            self._fire(self.on_offline)
+
+    # -- accept queue ------------------------------------------------------------------------------
+
+    async def accept(self) -> HybridConnectionStream | None:
+        """The next accepted WebSocket sender; ``None`` once the listener is closed."""
+        if self.state == ListenerState.IDLE:
+            raise RuntimeError("open the listener first (async with listener: ...)")
+        stream = await self._accepted.get()
+        if stream is None:
+            self._accepted.put_nowait(None)  # wake the other waiters too
+        return stream
+
+    def __aiter__(self) -> HybridConnectionListener:
+        return self
+
+    async def __anext__(self) -> HybridConnectionStream:
+        stream = await self.accept()
+        if stream is None:
+            raise StopAsyncIteration
+        return stream
+
+    # -- control channel -----------------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        previous, self.state = self.state, state
+        if state == previous:
+            return
+        if state == ListenerState.CONNECTING:
+            self._fire(self.on_connecting)
+        elif state == ListenerState.ONLINE:
+            self._fire(self.on_online)
+        elif state == ListenerState.OFFLINE:
+            self._fire(self.on_offline)
+
+    def _fire(self, callback: Callable[[], Any] | None) -> None:
+        if callback is None:
+            return
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                self._spawn(result)
+        except Exception:
+            _log.exception("listener callback %r failed", callback)
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("listener task failed", exc_info=task.exception())
+
+    async def _connect_control(self) -> tuple[aiohttp.ClientWebSocketResponse, RelayToken | None]:
+        token = await self._provider.get_token(self.address)
+        headers = {HEADER_USER_AGENT: self._user_agent}
+        if token is not None:
+            headers[HEADER_TOKEN] = token.token
+        context = f"listen on {self.address}"
+        assert self._session is not None
+        ws, status, reason = await ws_connect(self._session, self._url, headers=headers, heartbeat=self._keepalive, context=context)
+        if ws is None:
+            error = error_from_status(status, reason, context=context)
+            if status == 401:
+                self._provider.invalidate(self.address)
+            raise add_hint(error, self._provider, action="listen", sb_uri=self.address)
+        self._control = ws
+        # Control-channel commands go out as one write each when aiohttp's internals allow it
+        # (then no lock is needed to keep a body next to its JSON); otherwise under _send_lock.
+        self._direct_writes = frames_supported(ws)
+        self.last_error = None
+        self._set_state(ListenerState.ONLINE)
+        return ws, token
+
+    async def _pump(self, ws: aiohttp.ClientWebSocketResponse, token: RelayToken | None) -> None:
+        try:
+            while True:
+                self._renew_task = asyncio.get_running_loop().create_task(self._renew_loop(ws, token))
+                try:
+                    await self._serve(ws)
+                except ConnectionLostError as exc:
+                    self.last_error = exc
+                    if not self._closing:
+                        _log.warning("%s", exc)
+                finally:
+                    self._renew_task.cancel()
+                    self._renew_task = None
+                if self._closing:
+                    return
+                self._control = None
+                if not ws.closed:
+                    await ws.close()
+                reconnected = await self._reconnect()
+                if reconnected is None:
+                    return
+                ws, token = reconnected
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug; do not die silently
+            _log.exception("listener pump failed")
+            self.last_error = exc
+            self._set_state(ListenerState.OFFLINE)
+
+    async def _reconnect(self) -> tuple[aiohttp.ClientWebSocketResponse, RelayToken | None] | None:
+        self._set_state(ListenerState.CONNECTING)
+        attempt = 0
+        while not self._closing:
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            if delay:
+                assert self._wakeup is not None
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                if self._closing:
+                    return None
+            try:
+                return await asyncio.wait_for(self._connect_control(), self._operation_timeout)
+            except EndpointNotFoundError as exc:
+                self.last_error = exc
+                _log.error("%s; the listener goes offline", exc)
+                self._set_state(ListenerState.OFFLINE)
+                return None
+            except (RelayError, asyncio.TimeoutError, OSError, aiohttp.ClientError) as exc:
+                self.last_error = exc
+                _log.warning("reconnect attempt %d failed: %s", attempt + 1, exc)
+                attempt += 1
+        return None
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        reader = CommandReader()
+        receive = ws.receive
+        spawn = self._spawn
+        while True:
+            msg = await receive()
+            kind = msg.type
+            if kind is _TEXT or kind is _BINARY:
+                try:
+                    result = reader.feed(msg.data)
+                except ProtocolError as exc:
+                    _log.warning("ignored a malformed control message: %s", exc)
+                    reader = CommandReader()
+                    continue
+                if result is None:
+                    continue
+                command, body = result
+                if type(command) is RequestCommand:
+                    spawn(self._on_request(ws, command, body))
+                elif type(command) is AcceptCommand:
+                    spawn(self._on_accept(command))
+                continue
+            if self._closing:
+                return
+            if kind is WSMsgType.CLOSE:
+                raise ConnectionLostError(f"the service closed the control channel of {self.address}: {msg.data} {msg.extra or ''}".strip())
+            if kind is WSMsgType.ERROR:
+                raise ConnectionLostError(f"the control channel of {self.address} failed: {msg.data}")
+            raise ConnectionLostError(f"the control channel of {self.address} was lost")
+
+    # -- token renewal ---------------------------------------------------------------------------
+
+    async def _renew_loop(self, ws: aiohttp.ClientWebSocketResponse, token: RelayToken | None) -> None:
+        if token is None:
+            return
+        while not ws.closed:
+            if self._renew_margin is not None:
+                # Never closer than half the token's remaining life, so a large margin cannot spin.
+                now = time.time()
+                due = max(token.expires_on - self._renew_margin, now + (token.expires_on - now) / 2)
+            else:
+                due = token.refresh_at
+            await asyncio.sleep(max(0.0, due - time.time()))
+            if self._renew_margin is not None:
+                self._provider.invalidate(self.address)
+            try:
+                fresh = await self._provider.get_token(self.address)
+            except Exception as exc:
+                remaining = token.expires_on - time.time()
+                _log.warning("token renewal for %s failed (%s); retrying", self.address, type(exc).__name__)
+                await asyncio.sleep(max(0.5, min(10.0, remaining / 4)))
+                continue
+            if fresh is None or fresh.token == token.token:
+                # Nothing newer yet (a fixed SAS, or a credential serving its cache): try again later.
+                await asyncio.sleep(max(0.5, min(10.0, (token.expires_on - time.time()) / 4)))
+                continue
+            token = fresh
+            try:
+                async with self._send_lock:
+                    if self._direct_writes:
+                        await write_command(ws, encode_command(RenewTokenCommand(token.token)), None)
+                    else:
+                        await ws.send_str(encode_command(RenewTokenCommand(token.token)))
+            except Exception:
+                return  # the pump notices the dead socket and reconnects with a fresh token
+
+    # -- WebSocket senders ---------------------------------------------------------------------------
+
+    def _logical_url(self, address: str) -> str:
+        parts = urlsplit(address)
+        path = parts.path
+        if path.lower().startswith("/$hc/"):
+            path = path[4:]
+        query = filter_sb_hc_query(parts.query)
+        return f"sb://{self._address.netloc}{path}" + (f"?{query}" if query else "")
+
+    async def _on_accept(self, command: AcceptCommand) -> None:
+        ctx = AcceptContext(command, self._logical_url(command.address))
+        accepted = True
+        if self._closing:
+            accepted, ctx.status_code, ctx.status_description = False, 503, MSG_SHUTTING_DOWN
+        elif self.accept_handler is not None:
+            try:
+                result = self.accept_handler(ctx)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, 20.0)
+                accepted = bool(result)
+            except Exception:
+                _log.exception("accept handler failed for %s", ctx.id)
+                accepted, ctx.status_code, ctx.status_description = False, 502, MSG_ACCEPT_HANDLER_FAILED
+        session = self._session
+        if session is None:
+            return
+        if not accepted:
+            code = ctx.status_code or 400
+            if not 100 <= code <= 999:
+                code = 400
+            url = reject_url(command.address, code, ctx.status_description or MSG_REJECTED)
+            try:
+                ws, status, _reason = await ws_connect(session, url, context="reject")
+            except RelayError as exc:
+                _log.warning("rejecting %s failed: %s", ctx.id, exc)
+                return
+            if ws is not None:
+                await ws.close()
+            elif status != 410:  # 410 Gone is the service's "rejection delivered"
+                _log.warning("rejecting %s: the service answered %d", ctx.id, status)
+            return
+        protocols = (ctx.subprotocol,) if ctx.subprotocol else ()
+        try:
+            ws, status, reason = await asyncio.wait_for(
+                ws_connect(session, command.address, protocols=protocols, heartbeat=self._keepalive, context="accept"), 20.0
+            )
+        except (RelayError, asyncio.TimeoutError) as exc:
+            _log.warning("accepting %s failed: %s", ctx.id, exc)
+            return
+        if ws is None:
+            _log.warning("accepting %s failed: %d %s", ctx.id, status, reason)
+            return
+        stream = HybridConnectionStream(ws, id=ctx.id, headers=ctx.headers, url=ctx.url)
+        if self._closing:
+            await stream.close(1001, MSG_SHUTTING_DOWN)
+            return
+        self._accepted.put_nowait(stream)
+
+    # -- HTTP senders ------------------------------------------------------------------------------
+
+    async def _on_request(self, control: aiohttp.ClientWebSocketResponse, command: RequestCommand, body: bytes | None) -> None:
+        if command.is_address_only:
+            await self._serve_rendezvous_request(command)
+            return
+        request = RelayedHttpRequest(
+            command.method or "GET",
+            command.request_target or "/",
+            command.request_headers,
+            body or b"",
+            command.id,
+            command.remote_endpoint,
+            self._address.entity,
+        )
+        response = await self._invoke(request)
+        try:
+            await self._respond(command, response, control)
+        except Exception as exc:
+            _log.warning("could not deliver the response to request %s: %s", command.id, exc)
+
+    async def _invoke(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
+        if self._closing:
+            return RelayedHttpResponse(503, body=MSG_SHUTTING_DOWN)
+        handler = self.request_handler
+        if handler is None:
+            return RelayedHttpResponse(501, body=MSG_NO_HANDLER)
+        try:
+            result = handler(request)
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self._handler_timeout):  # no extra task, unlike wait_for
+                    result = await result
+        except TimeoutError:
+            _log.error("request handler did not answer %s %s within %g s", request.method, request.target, self._handler_timeout)
+            return RelayedHttpResponse(504, body=MSG_HANDLER_TIMEOUT)
+        except Exception:
+            _log.exception("request handler failed for %s %s", request.method, request.target)
+            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
+        if result is None:
+            return RelayedHttpResponse(200)
+        if not isinstance(result, RelayedHttpResponse):
+            _log.error("request handler returned %s, not a RelayedHttpResponse", type(result).__name__)
+            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
+        return result
+
+    async def _respond(
+        self,
+        command: RequestCommand,
+        response: RelayedHttpResponse,
+        control: aiohttp.ClientWebSocketResponse | None,
+        rendezvous: aiohttp.ClientWebSocketResponse | None = None,
+    ) -> None:
+        body = response.body
+        text = isinstance(body, str)
+        if text:
+            body = body.encode("utf-8")  # type: ignore[union-attr]
+        elif body is None:
+            body = b""
+        streamed = not isinstance(body, (bytes, bytearray, memoryview))
+        head = encode_command(
+            ResponseCommand(
+                request_id=command.id,
+                status_code=response.status,
+                status_description=_reason(response.status, response.reason),
+                response_headers=_response_headers(response.headers, text),
+                body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
+            )
+        )
+        if rendezvous is None and not streamed and len(body) <= INLINE_LIMIT and control is not None and not control.closed:  # type: ignore[arg-type]
+            try:
+                if self._direct_writes:
+                    await write_command(control, head, body or None)  # type: ignore[arg-type]
+                    return
+                async with self._send_lock:
+                    await control.send_str(head)
+                    if body:
+                        await control.send_bytes(body)  # type: ignore[arg-type]
+                return
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                pass  # the control channel just dropped: the request's rendezvous address still works
+        own_socket = rendezvous is None
+        if rendezvous is None:
+            assert self._session is not None
+            rendezvous, status, reason = await asyncio.wait_for(
+                ws_connect(self._session, command.address, context="response rendezvous"), 20.0
+            )
+            if rendezvous is None:
+                raise ConnectionLostError(f"the response rendezvous was refused: {status} {reason}")
+        complete = False
+        try:
+            await rendezvous.send_str(head)
+            if streamed:
+                await send_streamed_message(rendezvous, body)  # type: ignore[arg-type]
+            elif body:
+                await rendezvous.send_bytes(body)  # type: ignore[arg-type]
+            complete = True
+        finally:
+            if own_socket or not complete:
+                # A body cut short (the handler's iterator failed) must not look complete: close with 1011.
+                await rendezvous.close(code=1000 if complete else 1011, message=b"Normal Closure" if complete else b"Response failed")
+
+    async def _serve_rendezvous_request(self, command: RequestCommand) -> None:
+        """Address-only request: fetch it over a rendezvous, answer there, close it (as .NET)."""
+        assert self._session is not None
+        try:
+            ws, status, reason = await asyncio.wait_for(ws_connect(self._session, command.address, context="request rendezvous"), 20.0)
+        except (RelayError, asyncio.TimeoutError) as exc:
+            _log.warning("request rendezvous for %s failed: %s", command.id, exc)
+            return
+        if ws is None:
+            _log.warning("request rendezvous for %s refused: %d %s", command.id, status, reason)
+            return
+        try:
+            reader = CommandReader()
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), self._operation_timeout)
+                if msg.type is not _TEXT and msg.type is not _BINARY:
+                    return
+                result = reader.feed(msg.data)
+                if result is None:
+                    continue
+                full, body = result
+                if type(full) is not RequestCommand:
+                    continue
+                request = RelayedHttpRequest(
+                    full.method or "GET",
+                    full.request_target or "/",
+                    full.request_headers,
+                    body or b"",
+                    full.id,
+                    full.remote_endpoint,
+                    self._address.entity,
+                )
+                response = await self._invoke(request)
+                await self._respond(full, response, None, rendezvous=ws)
+                return
+        except (ProtocolError, asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, RelayError) as exc:
+            _log.warning("request %s over rendezvous failed: %s", command.id, exc)
+        finally:
+            if not ws.closed:
+                try:
+                    await ws.close(code=1000, message=b"Normal Closure")
+                except Exception:
+                    pass

@@ -1,0 +1,187 @@
+"""devhost's pure parts: routes, host.json, schedules, keys, settings, queue encoding, episode decisions."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+from datetime import datetime, timezone
+
+import pytest
+
+from devhost.durable import history as h
+from devhost.durable.engine import decide
+from devhost.durable.service import as_json_text
+from devhost.durable.store import Instance
+from devhost.hostconfig import load_host_config, parse_timespan
+from devhost.http_host import RouteError, compile_route
+from devhost.keys import load_keys
+from devhost.ports import PortBusyError, ensure_free
+from devhost.queues import decode_message, encode_message, resolve_connection
+from devhost.settings import SettingsError, apply_values, resolve
+from devhost.timers import Schedule
+
+
+@pytest.mark.parametrize("template,path,expected", [
+    ("relay/{connection}/{*path}", "relay/orders/a/b", {"connection": "orders", "path": "a/b"}),
+    ("relay/{connection}/{*path}", "relay/orders", {"connection": "orders"}),
+    ("relay/{connection}/{*path}", "relay", None),
+    ("items/{id:int}", "items/12", {"id": "12"}),
+    ("items/{id:int}", "items/x", None),
+    ("Items/{id}", "items/x", {"id": "x"}),
+    ("x/{opt?}", "x", {}),
+    ("g/{g:guid}", "g/6f9619ff-8b86-d011-b42d-00cf4fc964ff", {"g": "6f9619ff-8b86-d011-b42d-00cf4fc964ff"}),
+])
+def test_route_templates(template, path, expected):
+    pattern, _ = compile_route(template)
+    m = pattern.fullmatch(path)
+    assert (None if m is None else {k: v for k, v in m.groupdict().items() if v is not None}) == expected
+
+
+def test_route_errors_and_order():
+    with pytest.raises(RouteError):
+        compile_route("a/{*rest}/b")
+    literal, param, catch_all = (compile_route(t)[1] for t in ("listeners/start", "listeners/{x}", "{*all}"))
+    assert sorted([catch_all, param, literal]) == [literal, param, catch_all]
+
+
+def test_host_json_queues(tmp_path):
+    (tmp_path / "host.json").write_text(json.dumps({"extensions": {
+        "queues": {"batchSize": 64, "maxDequeueCount": 2, "visibilityTimeout": "00:00:30",
+                   "maxPollingInterval": "00:00:02"}, "durableTask": {"hubName": "Hub"}}}))
+    config = load_host_config(tmp_path)
+    assert (config.queues.batch_size, config.queues.threshold, config.queues.max_dequeue_count) == (32, 16, 2)
+    assert (config.queues.visibility_timeout, config.queues.max_polling_interval, config.hub_name) == (30, 2, "Hub")
+    assert parse_timespan("1.02:03:04.5", 0) == 93784.5
+
+
+def test_host_json_overridden_by_azurefunctionsjobhost_settings(tmp_path):
+    """``AzureFunctionsJobHost__path__to__setting`` app settings win over host.json, case-insensitively."""
+    (tmp_path / "host.json").write_text(json.dumps({"extensions": {
+        "queues": {"maxDequeueCount": 5, "visibilityTimeout": "00:00:30"}, "http": {"routePrefix": "api"}}}))
+    env = {"AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
+           "AZUREFUNCTIONSJOBHOST__Extensions__Queues__MaxDequeueCount": "3",
+           "AzureFunctionsJobHost__extensions__durableTask__hubName": "Other",
+           "AzureFunctionsJobHost__functionTimeout": "00:10:00",
+           "Unrelated__extensions__queues__batchSize": "1"}
+    config = load_host_config(tmp_path, env)
+    assert (config.queues.visibility_timeout, config.queues.max_dequeue_count, config.queues.batch_size) == (1, 3, 16)
+    assert (config.hub_name, config.function_timeout, config.route_prefix) == ("Other", 600, "api")
+    assert config.raw["extensions"]["queues"]["maxDequeueCount"] == "3"  # the existing key, not a second one
+    assert sorted(config.overrides) == ["Extensions.Queues.MaxDequeueCount", "extensions.durableTask.hubName",
+                                        "extensions.queues.visibilityTimeout", "functionTimeout"]
+
+
+def test_ncrontab_seconds_first_and_timespan():
+    start = datetime(2026, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+    assert Schedule("*/5 * * * * *").next_after(start) == start.replace(second=5)
+    assert Schedule("0 */2 * * * *").next_after(start) == start.replace(minute=2, second=0)
+    assert Schedule("00:00:10").next_after(start) == start.replace(second=11)
+    with pytest.raises(ValueError):
+        Schedule("*/5 * * * *")  # 5 fields: not NCRONTAB
+
+
+def test_keys_levels_and_persistence(tmp_path):
+    keys = load_keys(tmp_path, ["fn"])
+    assert keys.authorize("anonymous", "fn", None)
+    assert keys.authorize("function", "fn", keys.default_function_key)
+    assert keys.authorize("function", "fn", keys.function_key("fn"))
+    assert not keys.authorize("function", "fn", None) and not keys.authorize("function", "fn", "x")
+    assert not keys.authorize("admin", "fn", keys.default_function_key)
+    assert keys.authorize("admin", "fn", keys.master)
+    assert load_keys(tmp_path, ["fn"]).master == keys.master
+    assert (tmp_path / "keys.json").stat().st_mode & 0o077 == 0
+    assert keys.master not in repr(keys)
+
+
+def test_settings_env_wins_and_expressions():
+    env = {"A": "from-env"}
+    assert apply_values({"A": "file", "B": "file"}, env) == ["B"]
+    assert env == {"A": "from-env", "B": "file"}
+    assert resolve("%B%-poison", env) == "file-poison"
+    with pytest.raises(SettingsError):
+        resolve("%MISSING%", env)
+    assert resolve_connection("", {"AzureWebJobsStorage": "conn"}) == "conn"
+    assert resolve_connection("Bridge", {"Bridge": "c2"}) == "c2"
+
+
+def test_queue_encoding_round_trip():
+    [text] = encode_message("héllo", "base64")
+    assert base64.b64decode(text).decode() == "héllo" and decode_message(text, "base64") == "héllo".encode()
+    assert encode_message(["a", b"b"], "none") == ["a", "b"]
+    assert json.loads(encode_message({"k": 1}, "none")[0]) == {"k": 1}
+
+
+def test_client_inputs_become_json_text():
+    assert as_json_text(json.dumps({"a": 1})) == '{"a": 1}'  # what the SDK posts (a JSON string of JSON)
+    assert as_json_text({"a": 1}) == '{"a": 1}'  # what curl posts
+    assert as_json_text("plain") == '"plain"' and as_json_text(None) is None
+
+
+def _instance(**kw) -> Instance:
+    return Instance("i", "orch", "e1", "Running", None, None, None, "t", "t", **kw)
+
+
+def test_decide_schedules_new_actions_with_sequence_ids():
+    history = [h.orchestrator_started(), h.execution_started("orch", None)]
+    state = {"isDone": False, "customStatus": {"s": 1}, "actions": [[
+        {"actionType": h.WHEN_ANY, "compoundActions": [
+            {"actionType": h.CALL_ACTIVITY, "functionName": "work", "input": "1"},
+            {"actionType": h.CREATE_TIMER, "fireAt": "2026-01-01T00:00:05.000000Z", "isCanceled": False}]},
+        {"actionType": h.WAIT_FOR_EXTERNAL_EVENT, "externalEventName": "go"}]]}
+    d = decide(_instance(), history, state, None)
+    assert d.activities == [(0, "work", "1")] and d.timers == [(1, "2026-01-01T00:00:05.000000Z")]
+    assert d.status == "Running" and d.custom_status == '{"s": 1}' and d.actions_seen == 3
+    assert [e["EventType"] for e in d.history[2:]] == [h.ORCHESTRATOR_COMPLETED, h.TASK_SCHEDULED, h.TIMER_CREATED]
+    # next episode: the timer was canceled, nothing new scheduled
+    state["actions"][0][0]["compoundActions"][1]["isCanceled"] = True
+    d2 = decide(_instance(actions_seen=3), d.history + [h.orchestrator_started()], state, None)
+    assert d2.canceled_timers == [1] and not d2.activities and not d2.timers
+
+
+def test_decide_continue_as_new_and_failure():
+    history = [h.orchestrator_started(), h.execution_started("orch", None)]
+    d = decide(_instance(), history, {"isDone": True, "actions": [[{"actionType": h.CONTINUE_AS_NEW,
+                                                                     "input": '{"gen": 2}'}]]}, None)
+    assert d.continued and d.continue_as_new == '{"gen": 2}'
+    d = decide(_instance(), history, {"isDone": False, "actions": []}, "ValueError: nope")
+    assert d.status == "Failed" and "nope" in json.loads(d.output)
+
+
+def test_busy_port_names_the_process():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(PortBusyError, match=rf"port {port} for the thing .*pid {os.getpid()}"):
+            ensure_free(port, what="the thing")
+
+
+async def test_well_known_account_needs_default_ports():
+    from devhost.azurite import WELL_KNOWN, AzuriteError, start_azurite
+
+    with pytest.raises(AzuriteError, match="default ports"):
+        await start_azurite(ports=(0, 0, 0), account_key=WELL_KNOWN)
+
+
+def test_make_run_table_has_endpoints_keys_and_three_curls(tmp_path):
+    from types import SimpleNamespace
+
+    from devhost.run import render
+
+    host = {"url": "http://127.0.0.1:7071", "api": "http://127.0.0.1:7071/api",
+            "durable": "http://127.0.0.1:7071/runtime/webhooks/durabletask",
+            "functions": {"relay_send": {"trigger": "httpTrigger", "route": "/api/relay/{connection}/{*path}",
+                                         "methods": ["POST"], "authLevel": "FUNCTION"},
+                          "relay_queue_send": {"trigger": "queueTrigger", "queue": "relay-outbound"}}}
+    keys = {"masterKey": "MASTER", "functionKeys": {"default": "FKEY"}}
+    emulator = {"relay": "wss://127.0.0.1:9443", "http": "https://127.0.0.1:9443", "ca_cert": str(tmp_path / "ca.pem"),
+                "identity_endpoint": "http://127.0.0.1:4000/msi/token", "identity_header": "SECRET-HEADER",
+                "state_dir": str(tmp_path)}
+    azurite = SimpleNamespace(endpoints={"Blob": "b", "Queue": "q", "Table": "t"})
+    values = {"RELAY_NAMESPACE": "127.0.0.1:9443", "INBOUND_ROUTES": '[{"pathPrefix": "/orders", "queue": "orders-in"}]'}
+    text = render(host, keys, emulator, azurite, values, "orders", "inbound", 4.2, "started")
+    assert "MASTER" in text and "FKEY" in text and "SECRET-HEADER" not in text
+    assert sum(line.startswith("curl ") for line in text.splitlines()) == 4  # send, enqueue, relay POST, peek
+    assert "/api/relay/orders/hello?code=FKEY" in text and "orders-in" in text

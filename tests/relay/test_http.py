@@ -1,0 +1,167 @@
+"""HTTP senders and listeners through the emulator: this library on both ends."""
+
+import asyncio
+import hashlib
+
+import pytest
+from azure.core.credentials import AzureNamedKeyCredential
+
+from relay import (
+    AuthorizationFailedError,
+    EndpointNotFoundError,
+    ForbiddenError,
+    NoListenerError,
+    RelayedHttpResponse,
+    RelayTimeoutError,
+)
+from tests.fixtures.emulator import TEST_CONFIG, start_emulator
+
+from .conftest import make_client, make_listener
+
+MB = 1024 * 1024
+
+
+def pattern(n: int) -> bytes:
+    return bytes(i % 251 for i in range(256)) * (n // 256) + bytes(i % 251 for i in range(n % 256))
+
+
+async def echo_handler(request):
+    return RelayedHttpResponse(
+        200,
+        {"X-Method": request.method, "X-Path": request.path, "X-Query": request.query, "X-Target": request.target,
+         "X-Custom": request.headers.get("x-custom", ""), "X-Length": str(len(request.body))},
+        request.body,
+    )
+
+
+async def test_request_round_trip(emulator, client):
+    async with make_listener(emulator, request_handler=echo_handler):
+        resp = await client.request("PUT", "/a/b?x=1&sb-hc-token=zzz", body="héllo", headers={"X-Custom": "v1"})
+        async with resp:
+            assert resp.status == 200 and resp.reason == "OK"
+            assert resp.headers["x-method"] == "PUT"
+            assert resp.headers["X-Path"] == "/a/b"
+            assert resp.headers["X-Query"] == "x=1"  # sb-hc-* removed by the service
+            assert resp.headers["X-Target"] == "/orders/a/b?x=1"
+            assert resp.headers["X-Custom"] == "v1"
+            assert "Via" in resp.headers and resp.from_listener
+            assert await resp.text() == "héllo"
+
+
+async def test_listener_errors_are_returned_not_raised(emulator, client):
+    async def handler(request):
+        if request.path == "/boom":
+            raise RuntimeError("handler bug")
+        return RelayedHttpResponse(404, {"Content-Type": "application/json"}, '{"error":"no such order"}', reason="Order Missing")
+
+    async with make_listener(emulator, request_handler=handler):
+        resp = await client.request("GET", "/orders/42")
+        assert (resp.status, resp.reason) == (404, "Order Missing")
+        assert await resp.json() == {"error": "no such order"}
+        resp = await client.request("GET", "/boom")
+        assert resp.status == 500 and "RequestHandler threw an exception" in await resp.text()
+    async with make_listener(emulator):  # no request handler: 501, like .NET
+        resp = await client.request("GET", "/")
+        assert resp.status == 501 and "not been configured" in await resp.text()
+
+
+async def test_sync_handler_and_empty_bodies(emulator, client):
+    async with make_listener(emulator, request_handler=lambda req: RelayedHttpResponse(204)):
+        resp = await client.request("DELETE", "/x")
+        assert resp.status == 204 and await resp.read() == b""
+
+
+async def test_one_megabyte_both_ways(emulator, client):
+    """1 MB request (address-only, read over a rendezvous) and 1 MB response (sent over a rendezvous)."""
+    body = pattern(MB)
+    async with make_listener(emulator, request_handler=echo_handler):
+        resp = await client.request("POST", "/big", body=body)
+        assert resp.status == 200 and resp.headers["X-Length"] == str(MB)
+        assert hashlib.sha256(await resp.read()).digest() == hashlib.sha256(body).digest()
+
+
+async def test_streamed_bodies(emulator, client):
+    async def chunks():
+        for i in range(8):
+            yield bytes([i]) * 100_000
+            await asyncio.sleep(0)
+
+    async def handler(request):
+        async def gen():
+            for part in (request.body[:300_000], request.body[300_000:]):
+                yield part
+        return RelayedHttpResponse(200, {"Content-Type": "application/octet-stream"}, gen())
+
+    async with make_listener(emulator, request_handler=handler):
+        async with await client.request("POST", "/stream", body=chunks()) as resp:
+            got = b"".join([c async for c in resp.iter_chunks(65536)])
+        assert got == b"".join(bytes([i]) * 100_000 for i in range(8))
+
+
+async def test_thousand_concurrent_requests(emulator):
+    async def handler(request):
+        return RelayedHttpResponse(200, body=request.body)
+
+    async with make_listener(emulator, request_handler=handler), make_client(emulator, max_connections=50) as client:
+        async def one(i):
+            resp = await client.request("POST", f"/n/{i}", body=b"%d" % i)
+            return await resp.read()
+
+        results = await asyncio.gather(*(one(i) for i in range(1000)))
+        assert results == [b"%d" % i for i in range(1000)]
+
+
+async def test_allowed_listeners(emulator, client):
+    def tagged(tag):
+        return lambda request: RelayedHttpResponse(200, body=tag)
+
+    async with make_listener(emulator, "echo", request_handler=tagged("one")) as one, \
+            make_listener(emulator, "echo", request_handler=tagged("two")) as two, \
+            make_client(emulator, "echo") as echo_client:
+        for _ in range(5):
+            resp = await echo_client.request("GET", "/", allowed_listeners=[two.listener_id])
+            assert await resp.read() == b"two"
+            resp = await echo_client.request("GET", "/", disallowed_listeners=two.listener_id)
+            assert await resp.read() == b"one"
+        with pytest.raises(NoListenerError, match="AllowedListeners"):
+            await echo_client.request("GET", "/", allowed_listeners=["00000000-0000-0000-0000-000000000000"])
+        assert one.is_online
+
+
+async def test_typed_service_errors(emulator):
+    # 401: wrong key; the message names the likely cause and never the token.
+    bad = AzureNamedKeyCredential("RootManageSharedAccessKey", "wrong-key")
+    async with make_client(emulator, credential=bad) as c:
+        with pytest.raises(AuthorizationFailedError) as info:
+            await c.request("GET", "/")
+        assert "SAS key name or key is wrong" in str(info.value) and "sig=" not in str(info.value)
+        assert info.value.status == 401 and not info.value.is_transient
+        with pytest.raises(AuthorizationFailedError, match="InvalidSignature"):
+            await c.connect()
+    # 403: a listen-only rule cannot send.
+    listen_only = AzureNamedKeyCredential("listen-orders", emulator.sas_key("listen-orders"))
+    async with make_client(emulator, credential=listen_only) as c:
+        with pytest.raises(ForbiddenError, match="lacks the 'Send' right"):
+            await c.request("GET", "/")
+    # 404: no such hybrid connection.
+    async with make_client(emulator, "does-not-exist") as c:
+        with pytest.raises(EndpointNotFoundError, match="check the hybrid connection name"):
+            await c.request("GET", "/")
+    # 502: nobody listening on "inbound".
+    async with make_client(emulator, "inbound") as c:
+        with pytest.raises(NoListenerError) as info:
+            await c.request("GET", "/")
+        assert info.value.is_transient and "TrackingId" in str(info.value)
+
+
+async def test_gateway_timeout_is_typed():
+    config = {**TEST_CONFIG, "responseTimeoutSeconds": 1}
+    async with start_emulator(config, tls=False) as emu:
+        async def slow(request):
+            await asyncio.sleep(3)
+            return RelayedHttpResponse(200)
+
+        async with make_listener(emu, request_handler=slow, close_timeout=0.1), make_client(emu) as c:
+            with pytest.raises(RelayTimeoutError) as info:
+                await c.request("GET", "/slow")
+            assert info.value.status == 504
