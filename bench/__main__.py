@@ -18,12 +18,11 @@ import os
 import platform
 import secrets
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
+from emulator.launcher import start_emulator
 from relay.sas import generate_sas_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,38 +67,7 @@ async def run_json(*cmd: str, env: dict | None = None, timeout: float = 120) -> 
     return json.loads(lines[-1])
 
 
-class Emulator:
-    """`python -m emulator` as a subprocess; the first stdout line describes it."""
-
-    def __init__(self, config: dict, state_dir: Path):
-        self.config, self.state_dir = config, state_dir
-
-    async def __aenter__(self) -> "Emulator":
-        path = self.state_dir / "config.json"
-        path.write_text(json.dumps(self.config))
-        self.log = open(self.state_dir / "emulator.log", "wb")
-        self.process = await asyncio.create_subprocess_exec(
-            PY, "-m", "emulator", "--config", str(path), "--port", "0", "--state-dir", str(self.state_dir),
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=self.log,
-        )
-        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
-        if not line:
-            raise RuntimeError(f"emulator did not start; see {self.state_dir / 'emulator.log'}")
-        self.info = json.loads(line)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.process.terminate()
-        await self.process.wait()
-        self.log.close()
-
-    def tokens_issued(self) -> int:
-        base = self.info["identity_endpoint"].rsplit("/msi/", 1)[0]
-        with urllib.request.urlopen(f"{base}/stats", timeout=5) as response:
-            return int(json.load(response)["tokens_issued"])
-
-
-async def http_listener_run(emu: Emulator, listener_cmd: list[str], entity: str, args, env: dict) -> dict:
+async def http_listener_run(emu, listener_cmd: list[str], entity: str, args, env: dict) -> dict:
     """Start a listener worker, load it with the shared sender at concurrency 1 and N, report listener CPU."""
     rule = emu.config["sasRules"][0]
     process = await asyncio.create_subprocess_exec(
@@ -129,50 +97,49 @@ async def http_listener_run(emu: Emulator, listener_cmd: list[str], entity: str,
 
 
 async def main(args) -> dict:
-    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-        config = bench_config()
-        async with Emulator(config, Path(tmp)) as emu:
-            info = emu.info
-            ca, rule = info["ca_cert"], config["sasRules"][0]
-            node_env = dict(os.environ, NODE_EXTRA_CA_CERTS=ca, NODE_NO_WARNINGS="1")
-            addr = lambda entity: f"sb://127.0.0.1:{info['relay'].rsplit(':', 1)[1]}/{entity}"  # noqa: E731
-            sec, size = str(args.seconds), str(args.size)
-            results: dict = {"raw": {}, "ws_echo": {}, "http": {}}
-            print("raw loopback echo (no relay) ...", file=sys.stderr)
-            results["raw"]["python websockets"] = await run_json(PY, "-m", "bench.raw_ws_echo", sec, size)
-            results["raw"]["python websockets + uvloop"] = await run_json(PY, "-m", "bench.raw_ws_echo", sec, size, "--uvloop")
-            results["raw"]["node ws"] = await run_json("node", "bench/raw_ws_echo.js", sec, size, env=node_env)
-            print("WebSocket echo through the emulator ...", file=sys.stderr)
-            common = [rule["name"], rule["key"], ca, sec, size]
-            results["ws_echo"]["python relay"] = await run_json(PY, "-m", "bench.py_ws_echo", addr("ws-python"), *common)
-            results["ws_echo"]["python relay + uvloop"] = await run_json(
-                PY, "-m", "bench.py_ws_echo", addr("ws-python-uvloop"), *common, "--uvloop"
-            )
-            results["ws_echo"]["node hyco-ws"] = await run_json(
-                "node", "bench/node_ws_echo.js", info["relay"], "ws-node", rule["name"], rule["key"], sec, size, env=node_env
-            )
-            print("HTTP request/response through the emulator ...", file=sys.stderr)
-            listener_args = [rule["name"], rule["key"], ca]
-            results["http"]["python relay"] = await http_listener_run(
-                emu, [PY, "-m", "bench.py_http_listener", addr("http-python"), *listener_args], "http-python", args, None
-            )
-            results["http"]["python relay + uvloop"] = await http_listener_run(
-                emu, [PY, "-m", "bench.py_http_listener", addr("http-python-uvloop"), *listener_args, "--uvloop"],
-                "http-python-uvloop", args, None,
-            )
-            results["http"]["node hyco-https"] = await http_listener_run(
-                emu, ["node", "bench/node_http_listener.js", info["relay"], "http-node", rule["name"], rule["key"]],
-                "http-node", args, node_env,
-            )
-            print("token fetches per 10,000 sends ...", file=sys.stderr)
-            before = emu.tokens_issued()
-            identity_env = dict(os.environ, IDENTITY_ENDPOINT=info["identity_endpoint"], IDENTITY_HEADER=info["identity_header"])
-            tokens_run = await run_json(
-                PY, "-m", "bench.token_fetches", addr("tokens"), rule["name"], rule["key"], ca, str(args.sends), "32",
-                env=identity_env, timeout=300,
-            )
-            tokens_run["token_fetches"] = emu.tokens_issued() - before
-            results["tokens"] = tokens_run
+    config = bench_config()
+    async with start_emulator(config) as emu:
+        info = emu.info
+        ca, rule = info["ca_cert"], config["sasRules"][0]
+        node_env = dict(os.environ, NODE_EXTRA_CA_CERTS=ca, NODE_NO_WARNINGS="1")
+        addr = emu.address
+        sec, size = str(args.seconds), str(args.size)
+        results: dict = {"raw": {}, "ws_echo": {}, "http": {}}
+        print("raw loopback echo (no relay) ...", file=sys.stderr)
+        results["raw"]["python websockets"] = await run_json(PY, "-m", "bench.raw_ws_echo", sec, size)
+        results["raw"]["python websockets + uvloop"] = await run_json(PY, "-m", "bench.raw_ws_echo", sec, size, "--uvloop")
+        results["raw"]["node ws"] = await run_json("node", "bench/raw_ws_echo.js", sec, size, env=node_env)
+        print("WebSocket echo through the emulator ...", file=sys.stderr)
+        common = [rule["name"], rule["key"], ca, sec, size]
+        results["ws_echo"]["python relay"] = await run_json(PY, "-m", "bench.py_ws_echo", addr("ws-python"), *common)
+        results["ws_echo"]["python relay + uvloop"] = await run_json(
+            PY, "-m", "bench.py_ws_echo", addr("ws-python-uvloop"), *common, "--uvloop"
+        )
+        results["ws_echo"]["node hyco-ws"] = await run_json(
+            "node", "bench/node_ws_echo.js", info["relay"], "ws-node", rule["name"], rule["key"], sec, size, env=node_env
+        )
+        print("HTTP request/response through the emulator ...", file=sys.stderr)
+        listener_args = [rule["name"], rule["key"], ca]
+        results["http"]["python relay"] = await http_listener_run(
+            emu, [PY, "-m", "bench.py_http_listener", addr("http-python"), *listener_args], "http-python", args, None
+        )
+        results["http"]["python relay + uvloop"] = await http_listener_run(
+            emu, [PY, "-m", "bench.py_http_listener", addr("http-python-uvloop"), *listener_args, "--uvloop"],
+            "http-python-uvloop", args, None,
+        )
+        results["http"]["node hyco-https"] = await http_listener_run(
+            emu, ["node", "bench/node_http_listener.js", info["relay"], "http-node", rule["name"], rule["key"]],
+            "http-node", args, node_env,
+        )
+        print("token fetches per 10,000 sends ...", file=sys.stderr)
+        before = await emu.tokens_issued()
+        identity_env = dict(os.environ, IDENTITY_ENDPOINT=info["identity_endpoint"], IDENTITY_HEADER=info["identity_header"])
+        tokens_run = await run_json(
+            PY, "-m", "bench.token_fetches", addr("tokens"), rule["name"], rule["key"], ca, str(args.sends), "32",
+            env=identity_env, timeout=300,
+        )
+        tokens_run["token_fetches"] = await emu.tokens_issued() - before
+        results["tokens"] = tokens_run
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

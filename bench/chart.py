@@ -13,31 +13,38 @@ PYTHON, NODE, RAW = "#3572A5", "#8CC84B", "#BBBBBB"
 
 
 def _color(name: str) -> str:
+    if name.startswith("(raw)"):
+        return RAW
     return NODE if "node" in name else PYTHON
 
 
-def _bars(ax, labels, values, title, unit):
+def _bars(ax, labels, values, title, unit, notes=None):
+    """Horizontal bars; ``notes`` (same length) are printed after each value, e.g. CPU per message."""
     colors = [_color(label) for label in labels]
     bars = ax.barh(labels, values, color=colors)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(unit)
     ax.invert_yaxis()
-    for bar, value in zip(bars, values):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}", va="center", fontsize=8)
-    ax.margins(x=0.25)
+    for index, (bar, value) in enumerate(zip(bars, values)):
+        note = f"  ({notes[index]})" if notes and notes[index] else ""
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}{note}", va="center", fontsize=8)
+    ax.margins(x=0.6 if notes else 0.25)
+
+
+def _cpu(result: dict, key: str = "cpu_us_per_message") -> str:
+    value = result.get(key)
+    return f"{value:,.0f} µs CPU/msg" if value else ""
 
 
 def render(report: dict, path: Path) -> Path:
     results = report["results"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(13.5, 7))
     ws = results["ws_echo"]
     raw = results["raw"]
     labels = list(ws) + [f"(raw) {k}" for k in raw]
     _bars(axes[0][0], labels, [ws[k]["per_second"] for k in ws] + [raw[k]["per_second"] for k in raw],
-          f"WebSocket echo, {report['settings']['size']} B, sequential", "round trips / s")
-    for bar_label in axes[0][0].get_yticklabels():
-        if bar_label.get_text().startswith("(raw)"):
-            bar_label.set_color("#777777")
+          f"WebSocket echo, {report['settings']['size']} B, sequential (raw: no relay)", "round trips / s",
+          [_cpu(ws[k]) for k in ws] + [_cpu(raw[k]) for k in raw])
     _bars(axes[0][1], [f"{k} p50" for k in ws] + [f"{k} p99" for k in ws],
           [ws[k]["p50_ms"] * 1000 for k in ws] + [ws[k]["p99_ms"] * 1000 for k in ws],
           "WebSocket echo latency", "microseconds")
@@ -45,7 +52,8 @@ def render(report: dict, path: Path) -> Path:
     conc = report["settings"]["concurrency"]
     _bars(axes[1][0], [f"{k} c=1" for k in http] + [f"{k} c={conc}" for k in http],
           [http[k]["c1"]["per_second"] for k in http] + [http[k][f"c{conc}"]["per_second"] for k in http],
-          f"HTTP request/response, {report['settings']['size']} B, listener compared", "requests / s")
+          f"HTTP request/response, {report['settings']['size']} B, listener compared", "requests / s",
+          [""] * len(http) + [_cpu(http[k][f"c{conc}"], "listener_cpu_us_per_request") for k in http])
     _bars(axes[1][1], [f"{k} p50" for k in http] + [f"{k} p99" for k in http],
           [http[k]["c1"]["p50_ms"] * 1000 for k in http] + [http[k]["c1"]["p99_ms"] * 1000 for k in http],
           "HTTP latency at concurrency 1", "microseconds")

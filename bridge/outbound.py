@@ -15,7 +15,7 @@ Policy (the queue function returns normally or raises, nothing is dropped silent
 
 A poison record is JSON (base64-encoded like the host's own poison messages)::
 
-    {"reason": "...", "error": "<code>", "id": "<message id>", "connection": "orders" | null,
+    {"reason": "...", "error": "<code>", "id": "<envelope id, else the queue message id>", "connection": "orders" | null,
      "dequeue_count": 1, "time": "2026-11-29T10:00:00.000000Z",
      "message": "<original text>" | "messageBase64": "<original bytes>"}
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 from . import storage
@@ -37,6 +38,20 @@ log = logging.getLogger("bridge.outbound")
 
 MAX_DEQUEUE_COUNT = 5
 """Mirrors host.json ``extensions.queues.maxDequeueCount`` (a test keeps them equal)."""
+MAX_DEQUEUE_COUNT_SETTING = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
+"""The app setting with which the host overrides host.json's value; the bridge follows it too."""
+
+
+def max_dequeue_count(environ=os.environ) -> int:
+    """The host's maxDequeueCount: the overriding app setting if set (case-insensitive), else host.json's."""
+    wanted = MAX_DEQUEUE_COUNT_SETTING.lower()
+    for name, value in environ.items():
+        if name.lower() == wanted:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                break
+    return MAX_DEQUEUE_COUNT
 TRANSIENT_LISTENER_STATUSES = frozenset({408, 425, 429})
 
 
@@ -75,17 +90,19 @@ async def write_poison(record: dict) -> None:
 async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, dequeue_count: int | None) -> Outcome:
     """Deliver one ``relay-outbound`` message (see the module docs for the policy)."""
     attempt = dequeue_count or 1
+    last_attempt = max_dequeue_count()
     connection: str | None = None
+    record_id = message_id  # the envelope's id once parsed: the Idempotency-Key the listener would have seen
 
     async def poison(reason: str, error: str, status: int | None = None) -> Outcome:
         log.warning("message %s goes to %s: %s", message_id, OUTBOUND_POISON_QUEUE, reason)
-        await write_poison(poison_record(raw, reason=reason, error=error, message_id=message_id,
+        await write_poison(poison_record(raw, reason=reason, error=error, message_id=record_id,
                                          connection=connection, dequeue_count=attempt))
         return Outcome("poisoned", status, reason, error)
 
     try:
         message = parse_message(raw, message_id=message_id, default_connection=settings.default_connection)
-        connection = message.connection
+        connection, record_id = message.connection, message.id
         connection, _ = resolve_connection(settings, message.connection)
         if connection != message.connection:  # only exact names in envelopes
             raise SendFailure(404, "unknown_connection", f"hybrid connection {message.connection!r} is not in RELAY_OUTBOUND_CONNECTIONS", False)
@@ -97,8 +114,8 @@ async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, d
     try:
         reply = await send_http(settings, connection, method=message.method, path=message.path, body=message.body, headers=message.headers)
     except SendFailure as failure:
-        if failure.transient and attempt < MAX_DEQUEUE_COUNT:
-            raise RetryLater(f"attempt {attempt}/{MAX_DEQUEUE_COUNT}: {failure.message}") from failure
+        if failure.transient and attempt < last_attempt:
+            raise RetryLater(f"attempt {attempt}/{last_attempt}: {failure.message}") from failure
         reason = failure.message if not failure.transient else f"gave up after {attempt} attempts: {failure.message}"
         return await poison(reason, failure.code)
 
@@ -109,7 +126,7 @@ async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, d
     if snippet:
         text += f": {snippet}"
     if reply.status >= 500 or reply.status in TRANSIENT_LISTENER_STATUSES:
-        if attempt < MAX_DEQUEUE_COUNT:
-            raise RetryLater(f"attempt {attempt}/{MAX_DEQUEUE_COUNT}: {text}")
+        if attempt < last_attempt:
+            raise RetryLater(f"attempt {attempt}/{last_attempt}: {text}")
         return await poison(f"gave up after {attempt} attempts: {text}", "listener_error", reply.status)
     return await poison(text, "listener_rejected", reply.status)

@@ -4,7 +4,7 @@
 values locally) into a frozen :class:`Settings`. A missing or malformed value raises
 :class:`SettingsError` whose message names the setting and says what to set, so a
 misconfigured app fails on its first invocation with one clear line. The names are the
-ones in ``docs/settings.md``; :data:`SETTING_NAMES` lists every name the app reads (the infra
+ones in ``README.md (Configuration reference)``; :data:`SETTING_NAMES` lists every name the app reads (the infra
 consistency test compares it with ``infra/main.bicep`` and ``local.settings.sample.json``).
 """
 
@@ -108,7 +108,7 @@ class StorageSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The validated configuration of the bridge (see docs/settings.md for each field's setting)."""
+    """The validated configuration of the bridge (see README.md (Configuration reference) for each field's setting)."""
 
     relay_namespace: str
     relay_ca_file: str | None

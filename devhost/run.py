@@ -304,7 +304,7 @@ async def run(argv: list[str] | None = None) -> int:
             host_env["RELAY_CA_FILE"] = emulator["ca_cert"]
         storage_label = "UseDevelopmentStorage=true"
         if not well_known:  # UseDevelopmentStorage=true means the default ports: give the real account instead
-            storage_label = "account devstoreaccount1, connection string passed to the host"
+            storage_label = "connection string passed to the host"
             for name in ("AzureWebJobsStorage", "BridgeStorage"):
                 if (values.get(name) or "").replace(" ", "").lower().startswith("usedevelopmentstorage=true"):
                     host_env[name] = azurite.connection_string

@@ -14,11 +14,14 @@ timeout gives 504; no listener gives 502 (configurable).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import WSMsgType, web
 
 from relay import protocol as p
@@ -32,6 +35,10 @@ if TYPE_CHECKING:
 _DROP_REQUEST = p.HOP_BY_HOP_HEADERS | {p.HEADER_TOKEN.lower()}
 # aiohttp computes framing itself; these must not be copied from the listener's answer.
 _DROP_RESPONSE = p.HOP_BY_HOP_HEADERS | {"content-length"}
+MSG_TOO_LARGE = "The request body is larger than the emulator's maxMessageBytes ({} bytes)."
+MSG_INCOMPLETE_BODY = "The request body ended before its declared length."
+
+log = logging.getLogger("emulator.http")
 
 
 @dataclass(eq=False, slots=True)
@@ -47,6 +54,7 @@ class PendingRequest:
     inline: bool
     delivered: bool = False  # full request already sent (inline, or over a rendezvous)
     rendezvous_open: bool = False  # the listener holds a rendezvous for it (the response may come there)
+    rendezvous_count: int = 0  # rendezvous sockets open for it right now
     response: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, command: p.ResponseCommand, body: bytes | None) -> None:
@@ -124,7 +132,14 @@ class HttpMode:
         length = request.content_length
         has_body = request.body_exists
         inline = not has_body or (length is not None and header_bytes + length <= cfg.inline_threshold_bytes)
-        body = await request.read() if has_body else b""
+        try:
+            body = await request.read() if has_body else b""
+        except web.HTTPRequestEntityTooLarge:
+            return srv.error(413, MSG_TOO_LARGE.format(cfg.max_message_bytes), host, entity)
+        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            # The sender went away (or broke the framing) mid-body: nothing reaches the listener.
+            log.info("HTTP sender on %s disconnected before sending the whole body (%s)", entity, type(exc).__name__)
+            return srv.error(400, MSG_INCOMPLETE_BODY, host, entity)
 
         request_id = p.new_tracking_id()
         secret = secrets.token_urlsafe(24)
@@ -144,17 +159,23 @@ class HttpMode:
         )
         pending = PendingRequest(request_id, secret, entity, listener, command, body, inline, delivered=inline)
         self.pending[request_id] = pending
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.response_timeout_seconds
         try:
             try:
+                # The write is inside the deadline too: a listener that stops reading its control
+                # channel backs the write up (flow control), and its senders must still get 504.
                 if inline:
-                    await listener.send(p.encode_command(command), body if command.body else None)
+                    send = listener.send(p.encode_command(command), body if command.body else None)
                 else:
-                    await listener.send(p.encode_command(p.RequestCommand(address=address, id=request_id)))
+                    send = listener.send(p.encode_command(p.RequestCommand(address=address, id=request_id)))
+                await asyncio.wait_for(send, cfg.response_timeout_seconds)
+                outcome = await asyncio.wait_for(pending.response, max(0.0, deadline - loop.time()))
             except (ConnectionError, RuntimeError):
                 return srv.error(cfg.no_listener_http_status, p.MSG_NO_LISTENERS, host, entity)
-            try:
-                outcome = await asyncio.wait_for(pending.response, cfg.response_timeout_seconds)
             except asyncio.TimeoutError:
+                log.info("request %s on %s: listener %s did not respond within %s s",
+                         request_id, entity, listener.id, cfg.response_timeout_seconds)
                 return srv.error(504, p.MSG_RESPONSE_TIMEOUT, host, entity)
         finally:
             self.pending.pop(request_id, None)
@@ -203,6 +224,7 @@ class HttpMode:
         ws = srv.new_websocket()
         await ws.prepare(request)
         pending.rendezvous_open = True
+        pending.rendezvous_count += 1
         if not pending.delivered:
             pending.delivered = True
             await ws.send_str(p.encode_command(pending.command))
@@ -218,7 +240,9 @@ class HttpMode:
                 try:
                     item = reader.feed(msg.data)
                 except p.ProtocolError as exc:
-                    srv.log.warning("rendezvous protocol error: %s", exc)
+                    log.warning("request %s: malformed message on its rendezvous, closing with 1008: %s", pending.id, exc)
+                    pending.fail("The listener sent a malformed response.")
+                    await ws.close(code=1008, message=f"Malformed command: {exc}".encode()[:120])
                     break
                 if item is None:
                     continue
@@ -227,7 +251,9 @@ class HttpMode:
                     if self.on_response(command, body) is pending:
                         break  # one exchange per rendezvous; hyco-https leaves the socket open
         finally:
-            pending.fail("The listener closed the rendezvous connection before responding.")
+            pending.rendezvous_count -= 1
+            if pending.rendezvous_count == 0:  # another rendezvous for it may still carry the response
+                pending.fail("The listener closed the rendezvous connection before responding.")
             if not ws.closed:
                 await ws.close(code=1000, message=b"Normal Closure")
         return ws

@@ -32,6 +32,25 @@ def _header(opcode: int, length: int) -> bytes:
     return _LEN3(0x80 | opcode, 127, length)
 
 
+async def _drained(protocol) -> None:
+    """Wait until the transport accepts writes again (aiohttp's ``_drain_helper``, cancel-safe).
+
+    aiohttp's helper awaits one waiter future shared by every writer of the connection, so
+    cancelling one waiting writer (a sender whose deadline passed) cancels that shared future
+    and the next writer gets a ``CancelledError`` it never asked for. Here the waiter is
+    shielded, and a stale (done) waiter is replaced, as ``_drain_helper`` does for ``None``.
+    """
+    if protocol.transport is None:
+        raise ConnectionResetError("the control channel is closed")
+    waiter = protocol._drain_waiter  # noqa: SLF001
+    if waiter is None or waiter.done():
+        waiter = asyncio.get_running_loop().create_future()
+        # Nobody may be waiting any more when the connection drops: retrieve the exception.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        protocol._drain_waiter = waiter  # noqa: SLF001
+    await asyncio.shield(waiter)
+
+
 @dataclass(eq=False, slots=True)
 class Listener:
     """One control channel. ``host`` is the Host header it dialed, reused in rendezvous addresses."""
@@ -66,7 +85,7 @@ class Listener:
                 transport.writelines((_header(0x1, len(payload)), payload, _header(0x2, len(body)), body))
             protocol = writer.protocol
             if protocol._paused:  # noqa: SLF001 - honour flow control like aiohttp's writer does
-                await protocol._drain_helper()  # noqa: SLF001
+                await _drained(protocol)
 
     async def close(self, code: int, reason: str) -> None:
         """Close the control channel with ``code`` (1008 for token problems)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -24,6 +25,9 @@ from aiohttp import WSMsgType, web
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
+_ERROR = WSMsgType.ERROR
+
+log = logging.getLogger("emulator.relay")
 
 
 @dataclass(eq=False, slots=True)
@@ -50,7 +54,7 @@ async def _send_close(ws: web.WebSocketResponse, code: int | None, reason: bytes
         await writer.close(code, reason)
 
 
-async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse) -> bool:
+async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse, label: str, side: str) -> bool:
     """Copy messages src -> dst until src closes. True for a clean close (forwarded), False if src died."""
     receive = src.receive
     writer = dst._writer  # noqa: SLF001
@@ -66,9 +70,15 @@ async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse) -> bool:
                 reason = msg.extra.encode("utf-8") if isinstance(msg.extra, str) else (msg.extra or b"")
                 await _send_close(dst, msg.data, reason)
                 return True
-            else:  # CLOSED / ERROR / CLOSING: the source connection is gone
+            elif kind is _ERROR:  # oversized or broken frame: aiohttp already closed src (1009 / 1002)
+                log.warning("%s: the %s sent an invalid message, closed with %s (%s)",
+                            label, side, getattr(msg.data, "code", src.close_code), msg.data)
                 return False
-    except (ConnectionError, RuntimeError, asyncio.TimeoutError):
+            else:  # CLOSED / CLOSING: the source connection is gone
+                log.info("%s: the %s went away without a close frame", label, side)
+                return False
+    except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+        log.info("%s: relaying from the %s failed, a connection went away (%s)", label, side, type(exc).__name__)
         return False
 
 
@@ -77,11 +87,12 @@ def _finish(ws: web.WebSocketResponse) -> None:
     ws._close_transport()  # noqa: SLF001
 
 
-async def relay(a: web.WebSocketResponse, b: web.WebSocketResponse) -> None:
-    """Relay both directions until both have closed (or one connection dies)."""
+async def relay(a: web.WebSocketResponse, b: web.WebSocketResponse, label: str = "relay") -> None:
+    """Relay both directions (``a`` the sender, ``b`` the listener's rendezvous) until both have
+    closed, or one connection dies (then the other gets 1001)."""
     loop = asyncio.get_running_loop()
-    ab = loop.create_task(_pump(a, b))
-    ba = loop.create_task(_pump(b, a))
+    ab = loop.create_task(_pump(a, b, label, "sender"))
+    ba = loop.create_task(_pump(b, a, label, "listener"))
     try:
         done, _ = await asyncio.wait((ab, ba), return_when=asyncio.FIRST_COMPLETED)
         first = done.pop()

@@ -93,6 +93,8 @@ class RelayServer:
     def error(self, status: int, message: str, host: str, entity: str) -> web.Response:
         """An HTTP error in the service's style; the text goes in the reason phrase and the XML body."""
         reason = p.service_reason(message, f"sb://{host}/{entity}")
+        # One line per refusal (status and the service text, never the token or the query string).
+        log.info("sb://%s/%s -> %d %s", host, entity, status, message)
         body = f"<Error><Code>{status}</Code><Detail>{escape(reason)}</Detail></Error>"
         return web.Response(status=status, reason=reason, text=body, content_type="application/xml")
 
@@ -176,20 +178,32 @@ class RelayServer:
                 return
             kind = msg.type
             if kind is WSMsgType.BINARY:
-                if not reader.awaiting_body:
+                if not reader.awaiting_body and not msg.data:
                     continue  # hyco-https sends an empty body message even after body:false
+            elif kind is WSMsgType.ERROR:
+                # aiohttp has already closed the socket with the matching code (1009 for size).
+                code = getattr(msg.data, "code", ws.close_code)
+                what = "message too big" if code == 1009 else "invalid frame"
+                log.warning("listener %s: %s on the control channel, closed with %s (%s)",
+                            listener.id, what, code, msg.data)
+                return
             elif kind is not WSMsgType.TEXT:
-                return  # CLOSE / CLOSED / ERROR
+                return  # CLOSE / CLOSED
             try:
                 item = reader.feed(msg.data)
             except p.ProtocolError as exc:
-                log.warning("listener %s sent a malformed command: %s", listener.id, exc)
-                continue
+                # The channel can no longer be trusted to pair commands with bodies: close it, so
+                # the listener learns at once (it reconnects) instead of its senders timing out.
+                log.warning("listener %s sent a malformed command, closing with 1008: %s", listener.id, exc)
+                await listener.close(1008, f"Malformed command: {exc}")
+                return
             if item is None:
                 continue
             command, body = item
             if isinstance(command, p.ResponseCommand):
-                self.http.on_response(command, body)
+                if self.http.on_response(command, body) is None:
+                    log.info("listener %s: response for unknown or finished request %s ignored",
+                             listener.id, command.request_id)
             elif isinstance(command, p.RenewTokenCommand):
                 try:
                     listener.expiry = self.authorizer.authorize(command.token, listener.entity, LISTEN)
@@ -197,7 +211,10 @@ class RelayServer:
                     log.info("listener %s: renewToken refused (%s)", listener.id, exc.status)
                     await listener.close(1008, exc.message)
                     return
-            # anything else is ignored, as .NET does with unknown commands
+            elif isinstance(command, p.UnknownCommand):
+                log.info("listener %s: unknown command '%s' ignored", listener.id, command.name[:64])
+            else:  # accept/request only ever go from the service to the listener
+                log.info("listener %s: unexpected '%s' command ignored", listener.id, type(command).__name__)
 
     async def _watch_expiry(self, listener: Listener) -> None:
         """Close the control channel with 1008 once its token is past expiry + grace (§3.4),
@@ -261,16 +278,23 @@ class RelayServer:
         )
         pending = PendingAccept(sender_id, entity)
         self.accepts[secret] = pending
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.accept_timeout_seconds
         try:
             try:
-                await listener.send(p.encode_command(command))
+                # Bounded too: a listener that stops reading its control channel blocks the write.
+                await asyncio.wait_for(listener.send(p.encode_command(command)), self.config.accept_timeout_seconds)
             except (ConnectionError, RuntimeError):
                 return self.error(404, p.MSG_NO_LISTENERS, host, entity)
+            except asyncio.TimeoutError:
+                pass  # the accept never reached the listener: answered as a timeout below
             try:
-                outcome = await asyncio.wait_for(asyncio.shield(pending.outcome), self.config.accept_timeout_seconds)
+                outcome = await asyncio.wait_for(asyncio.shield(pending.outcome), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 if not pending.outcome.done():
                     pending.outcome.set_result(("timeout",))
+                    log.info("sender %s on %s: listener %s did not accept within %s s",
+                             sender_id, entity, listener.id, self.config.accept_timeout_seconds)
                     return self.error(ACCEPT_TIMEOUT_STATUS, p.MSG_ACCEPT_TIMEOUT, host, entity)
                 outcome = pending.outcome.result()  # accepted at the last moment
         finally:
@@ -294,7 +318,7 @@ class RelayServer:
         pair = (sender_ws, listener_ws)
         self.relays.add(pair)
         try:
-            await relay(sender_ws, listener_ws)
+            await relay(sender_ws, listener_ws, f"sender {sender_id} on {entity}")
         finally:
             self.relays.discard(pair)
             if not pending.done.done():

@@ -6,7 +6,7 @@
 //   namespace; hybrid connections require client authorization and carry no SAS authorization rules;
 // - storage is reached with identity-based connections; shared-key access is disabled except on Elastic Premium, whose
 //   Azure Files content share still needs a key (see premiumContentShareSettings below, the only key in this template).
-// App setting names are the ones in docs/settings.md (tests/infra/test_settings_names.py keeps them in sync).
+// App setting names are the ones in README.md (Configuration reference) (tests/infra/test_settings_names.py keeps them in sync).
 // Deploy with `azd up` or `az deployment group create` (docs/deploy.md).
 targetScope = 'resourceGroup'
 
@@ -114,7 +114,7 @@ var useExistingRelay = !empty(existingRelayNamespaceName)
 var relayNamespaceName = useExistingRelay ? existingRelayNamespaceName : 'relay-${resourceToken}'
 var relayResourceGroupName = useExistingRelay && !empty(existingRelayNamespaceResourceGroup) ? existingRelayNamespaceResourceGroup : resourceGroup().name
 
-// Fixed names shared with the app (docs/settings.md).
+// Fixed names shared with the app (README.md (Configuration reference)).
 var outboundQueueName = 'relay-outbound'
 var outboundPoisonQueueName = 'relay-outbound-poison'
 var inboundDefaultQueueName = 'relay-inbound'
@@ -211,7 +211,7 @@ resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing 
   name: storageAccountName
 }
 
-// App settings: names from docs/settings.md, all identity-based. Arrays of { name, value } for siteConfig.appSettings,
+// App settings: names from README.md (Configuration reference), all identity-based. Arrays of { name, value } for siteConfig.appSettings,
 // so the settings exist when the site is created (Elastic Premium creates its content share from them).
 var relaySettings = [
   {

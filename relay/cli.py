@@ -35,7 +35,7 @@ import aiohttp
 
 from .client import HybridConnectionClient
 from .connection_string import parse_connection_string
-from .credentials import get_token_provider
+from .credentials import close_credential, get_token_provider
 from .errors import (
     AuthorizationFailedError,
     ConnectionLostError,
@@ -108,22 +108,17 @@ def _default_credential() -> Any:
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
 
-async def _close_credential(credential: Any) -> None:
-    close = getattr(credential, "close", None)
-    if close is not None:
-        result = close()
-        if asyncio.iscoroutine(result):
-            await result
-
-
 def _read_data(value: str | None) -> bytes | None:
     if value is None:
         return None
     if value == "@-":
         return sys.stdin.buffer.read()
     if value.startswith("@"):
-        with open(value[1:], "rb") as f:
-            return f.read()
+        try:
+            with open(value[1:], "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise CliError(f"cannot read the --data file {value[1:]!r}: {exc.strerror or exc}") from None
     return value.encode("utf-8")
 
 
@@ -136,7 +131,7 @@ async def cmd_token(args: argparse.Namespace) -> int:
     try:
         token = await provider.get_token(address)
     finally:
-        await _close_credential(credential)
+        await close_credential(credential)
     print(f"address:    {address}")
     print(f"credential: {provider.describe()} (from {source})")
     if token is None:
@@ -184,7 +179,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
                 return 0 if resp.status < 400 else 1
     finally:
-        await _close_credential(credential)
+        await close_credential(credential)
 
 
 # -- listen -------------------------------------------------------------------------------------
@@ -317,7 +312,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
             task.cancel()
         if forwarder:
             await forwarder.stop()
-        await _close_credential(credential)
+        await close_credential(credential)
 
 
 async def _echo_ws(stream: Any) -> None:

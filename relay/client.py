@@ -13,7 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._hints import add_hint
 from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
 from .connection_string import parse_connection_string
-from .credentials import get_token_provider
+from .credentials import close_credential, get_token_provider
 from .errors import (
     AuthorizationFailedError,
     ConnectionLostError,
@@ -160,19 +160,25 @@ class HybridConnectionClient:
         self._ws_session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._base_url = self._address.entity_http_url("/")
+        self._owned_credential: Any = None
 
     @classmethod
     def from_connection_string(cls, conn_str: str, credential: Any = None, **kwargs: Any) -> HybridConnectionClient:
         """Build a client from a Relay connection string (see :mod:`relay.connection_string`).
 
         ``entity_path=`` names the hybrid connection when the string has no ``EntityPath``.
-        An explicit ``credential`` wins over the one the string describes.
+        An explicit ``credential`` wins over the one the string describes. A credential created
+        from the string (``Authentication=Managed Identity``) belongs to the client and is closed
+        by :meth:`close`.
         """
         cs = parse_connection_string(conn_str)
         address = cs.address(kwargs.pop("entity_path", None))
         options = cs.client_kwargs()
         options.update(kwargs)
-        return cls(address, credential if credential is not None else cs.credential(), **options)
+        owned = cs.credential() if credential is None else None
+        instance = cls(address, credential if credential is not None else owned, **options)
+        instance._owned_credential = owned  # created here, so closed by close()
+        return instance
 
     @property
     def address(self) -> str:
@@ -207,6 +213,9 @@ class HybridConnectionClient:
             if session is not None and not session.closed:
                 await session.close()
         self._http = self._ws_session = None
+        if self._owned_credential is not None:
+            owned, self._owned_credential = self._owned_credential, None
+            await close_credential(owned)
 
     async def __aenter__(self) -> HybridConnectionClient:
         return self

@@ -15,12 +15,24 @@ Keys (case-insensitive, ``;``-separated ``Key=Value`` pairs):
                                managed identity (``azure.identity.aio.ManagedIdentityCredential``)
 ``ManagedIdentityClientId``    client id of a user-assigned identity (this library's addition)
 ``OperationTimeout``           ``hh:mm:ss`` or seconds; default timeout for opening and connecting
-``UseDevelopmentEmulator``     ``true`` for the local Relay emulator (this library's addition)
-``TrustedCaFile``              CA bundle (PEM) to trust, e.g. the emulator's ``ca.pem`` (this
-                               library's addition)
+``UseDevelopmentEmulator``     ``true`` marks a string for the local Relay emulator (this library's
+                               addition, named after the Service Bus emulator's key); see below
+``TrustedCaFile``              CA bundle (PEM) to trust, e.g. the emulator's ``ca.pem``; only
+                               together with ``UseDevelopmentEmulator=true`` (this library's addition)
 =============================  =====================================================================
 
-So the same code talks to Azure or to the emulator by configuration alone::
+``UseDevelopmentEmulator=true`` means:
+
+* the endpoint is the emulator's ``host:port``, usually loopback (``sb://127.0.0.1:8443/``,
+  ``sb://localhost:8443/``); an endpoint without a port uses 443;
+* TLS stays on, with the host name checked as for Azure, and the certificate is verified against
+  ``TrustedCaFile`` (the emulator's ``ca.pem``; without it, against the system's CAs). A
+  ``ws://host:port/`` endpoint instead means an emulator started with ``--no-tls``;
+* nothing else changes: SAS keys, signatures and ``Authentication=Managed Identity`` (point
+  ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` at the emulator's identity endpoint) work as in Azure.
+
+``TrustedCaFile`` is refused without it, so that a production string can never quietly trust a
+development CA. So the same code talks to Azure or to the emulator by configuration alone::
 
     Endpoint=sb://contoso.servicebus.windows.net/;EntityPath=orders;Authentication=Managed Identity
     Endpoint=sb://127.0.0.1:8443/;EntityPath=orders;SharedAccessKeyName=send-orders;SharedAccessKey=...;UseDevelopmentEmulator=true;TrustedCaFile=/tmp/emu/ca.pem
@@ -203,6 +215,8 @@ def parse_connection_string(text: str) -> RelayConnectionString:
     if result.managed_identity_client_id and not result.uses_managed_identity:
         raise ValueError("ManagedIdentityClientId needs Authentication=Managed Identity")
     if result.trusted_ca_file and not result.use_development_emulator:
-        # Allowed, but only meaningful for private endpoints; nothing to check.
-        pass
+        raise ValueError(
+            "TrustedCaFile is only for the local emulator: add UseDevelopmentEmulator=true "
+            "(Azure endpoints are verified against the system's CAs)"
+        )
     return result

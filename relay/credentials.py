@@ -297,3 +297,16 @@ def get_token_provider(credential: Any) -> TokenProvider:
             provider = TokenProvider(credential)
             _providers[credential] = provider
         return provider
+
+
+async def close_credential(credential: Any) -> None:
+    """Close ``credential`` if it has a ``close()`` (sync or async); errors are logged, not raised."""
+    close = getattr(credential, "close", None)
+    if close is None:
+        return
+    try:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:  # closing must never fail a shutdown
+        _log.debug("closing %s failed: %s", type(credential).__name__, type(exc).__name__)

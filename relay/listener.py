@@ -20,7 +20,7 @@ from ._hints import add_hint
 from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
 from .client import HEADER_USER_AGENT
 from .connection_string import parse_connection_string
-from .credentials import RelayToken, get_token_provider
+from .credentials import RelayToken, close_credential, get_token_provider
 from .errors import ConnectionLostError, EndpointNotFoundError, RelayError, error_from_status
 from .protocol import (
     ACTION_LISTEN,
@@ -48,12 +48,19 @@ __all__ = [
     "RelayedHttpRequest",
     "RelayedHttpResponse",
     "RETRY_DELAYS",
+    "retry_delay",
 ]
 
 _log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds between reconnect attempts (.NET's list); stays at the last value, resets once online."""
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0-based): 0, 1, 2, 5, 10, then 30 for good."""
+    return RETRY_DELAYS[min(max(attempt, 0), len(RETRY_DELAYS) - 1)]
+
 
 MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
 MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
@@ -193,7 +200,7 @@ def _response_headers(headers: Any, body_is_text: bool) -> dict[str, str]:
             key = name.lower()
             if key in HOP_BY_HOP_HEADERS:
                 continue
-            value = str(value)
+            value = str(value).replace("\r", " ").replace("\n", " ")  # no header injection via the service
             if key in lowered:
                 original = lowered[key]
                 result[original] = f"{result[original]}, {value}"
@@ -336,18 +343,24 @@ class HybridConnectionListener:
         self._wakeup: asyncio.Event | None = None
         self._url = hc_url(self._address.ws_base, self._address.entity, ACTION_LISTEN, id=self.listener_id)
         self._accept_url_base = self._address.sb_uri
+        self._owned_credential: Any = None
 
     @classmethod
     def from_connection_string(cls, conn_str: str, credential: Any = None, **kwargs: Any) -> HybridConnectionListener:
         """Build a listener from a Relay connection string (see :mod:`relay.connection_string`).
 
         ``entity_path=`` names the hybrid connection when the string has no ``EntityPath``.
+        A credential created from the string (``Authentication=Managed Identity``) belongs to the
+        listener and is closed by :meth:`close`.
         """
         cs = parse_connection_string(conn_str)
         address = cs.address(kwargs.pop("entity_path", None))
         options = cs.client_kwargs()
         options.update(kwargs)
-        return cls(address, credential if credential is not None else cs.credential(), **options)
+        owned = cs.credential() if credential is None else None
+        instance = cls(address, credential if credential is not None else owned, **options)
+        instance._owned_credential = owned  # created here, so closed by close()
+        return instance
 
     def __repr__(self) -> str:
         return f"HybridConnectionListener({self.address!r}, state={self.state!r}, listener_id={self.listener_id!r})"
@@ -402,7 +415,8 @@ class HybridConnectionListener:
         """Stop accepting, let in-flight requests finish (up to ``close_timeout`` s), close with 1000."""
         if self.state in (ListenerState.CLOSED, ListenerState.CLOSING):
             return
-        was_online = self.is_online
+        # on_offline fires once when a listener that was up (or reconnecting) goes away, as .NET's Offline.
+        was_online = self._pump_task is not None and self.state in (ListenerState.ONLINE, ListenerState.CONNECTING)
         self._closing = True
         self.state = ListenerState.CLOSING
         if self._wakeup is not None:
@@ -438,6 +452,9 @@ class HybridConnectionListener:
             await self._session.close()
             self._session = None
         self.state = ListenerState.CLOSED
+        if self._owned_credential is not None:
+            owned, self._owned_credential = self._owned_credential, None
+            await close_credential(owned)
         if was_online:
             self._fire(self.on_offline)
 
@@ -549,15 +566,9 @@ class HybridConnectionListener:
         self._set_state(ListenerState.CONNECTING)
         attempt = 0
         while not self._closing:
-            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-            if delay:
-                assert self._wakeup is not None
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
-                if self._closing:
-                    return None
+            await self._backoff(retry_delay(attempt))
+            if self._closing:
+                return None
             try:
                 return await asyncio.wait_for(self._connect_control(), self._operation_timeout)
             except EndpointNotFoundError as exc:
@@ -571,6 +582,15 @@ class HybridConnectionListener:
                 attempt += 1
         return None
 
+    async def _backoff(self, delay: float) -> None:
+        """Wait ``delay`` seconds before a reconnect attempt, or less if :meth:`close` is called."""
+        if delay <= 0 or self._wakeup is None:
+            return
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         reader = CommandReader()
         receive = ws.receive
@@ -583,8 +603,17 @@ class HybridConnectionListener:
                     result = reader.feed(msg.data)
                 except ProtocolError as exc:
                     _log.warning("ignored a malformed control message: %s", exc)
+                    promised_body = reader.awaiting_body
                     reader = CommandReader()
-                    continue
+                    if not (promised_body and kind is _TEXT):
+                        continue
+                    # The body announced by the previous command never came; this text is a new command.
+                    try:
+                        result = reader.feed(msg.data)
+                    except ProtocolError as exc2:
+                        _log.warning("ignored a malformed control message: %s", exc2)
+                        reader = CommandReader()
+                        continue
                 if result is None:
                     continue
                 command, body = result
@@ -592,6 +621,8 @@ class HybridConnectionListener:
                     spawn(self._on_request(ws, command, body))
                 elif type(command) is AcceptCommand:
                     spawn(self._on_accept(command))
+                else:  # unknown or misdirected commands are ignored, as .NET does
+                    _log.debug("ignored a %s on the control channel", getattr(command, "name", type(command).__name__))
                 continue
             if self._closing:
                 return
@@ -624,7 +655,12 @@ class HybridConnectionListener:
                 await asyncio.sleep(max(0.5, min(10.0, remaining / 4)))
                 continue
             if fresh is None or fresh.token == token.token:
-                # Nothing newer yet (a fixed SAS, or a credential serving its cache): try again later.
+                if time.time() >= token.expires_on:
+                    # A fixed SAS (or a credential stuck on an expired token): nothing to renew with.
+                    # The service closes the channel (1008) and the reconnect fetches afresh.
+                    _log.warning("the token for %s expired and %s has no newer one", self.address, self._provider.describe())
+                    return
+                # Nothing newer yet (a credential serving its cache): try again later.
                 await asyncio.sleep(max(0.5, min(10.0, (token.expires_on - time.time()) / 4)))
                 continue
             token = fresh
@@ -738,6 +774,9 @@ class HybridConnectionListener:
             return RelayedHttpResponse(200)
         if not isinstance(result, RelayedHttpResponse):
             _log.error("request handler returned %s, not a RelayedHttpResponse", type(result).__name__)
+            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
+        if not 100 <= result.status <= 999:  # the protocol carries 100-999 only; anything else would strand the sender
+            _log.error("request handler returned status %d for %s %s", result.status, request.method, request.target)
             return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
         return result
 

@@ -242,6 +242,8 @@ def decode_command(text: str | bytes) -> Command:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"control message is not valid JSON: {exc}") from None
+    except RecursionError:  # absurdly deep nesting: not a command either
+        raise ProtocolError("control message is nested too deeply") from None
     if not isinstance(data, dict) or len(data) != 1:
         raise ProtocolError("control message must be a JSON object with exactly one command key")
     (name, inner), = data.items()
@@ -261,11 +263,14 @@ def decode_command(text: str | bytes) -> Command:
         method = inner.get("method")
         if method is not None and not isinstance(method, str):
             raise ProtocolError("request 'method' must be a string")
+        target = inner.get("requestTarget")
+        if target is not None and not isinstance(target, str):
+            raise ProtocolError("request 'requestTarget' must be a string")
         headers = inner.get("requestHeaders")
         return RequestCommand(
             address=_required_str(inner, "address", name),
             id=_required_str(inner, "id", name),
-            request_target=inner.get("requestTarget"),
+            request_target=target,
             method=method,
             request_headers=_str_dict(headers, "requestHeaders") if headers is not None else None,
             remote_endpoint=RemoteEndpoint.from_json(inner.get("remoteEndpoint")),

@@ -14,37 +14,29 @@ activity reads.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
-FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
-EXECUTION_STARTED, TASK_SCHEDULED, TASK_COMPLETED, TASK_FAILED = 0, 4, 5, 6
-TIMER_CREATED, TIMER_FIRED, ORCH_STARTED, ORCH_COMPLETED = 10, 11, 12, 13
-CALL_ACTIVITY, CONTINUE_AS_NEW, CREATE_TIMER = 0, 4, 5
+from devhost.durable.history import (
+    CALL_ACTIVITY,
+    CONTINUE_AS_NEW,
+    CREATE_TIMER,
+    EXECUTION_STARTED,
+    ORCHESTRATOR_COMPLETED,
+    ORCHESTRATOR_STARTED,
+    TASK_COMPLETED,
+    TASK_FAILED,
+    TASK_SCHEDULED,
+    TIMER_CREATED,
+    TIMER_FIRED,
+    event,
+    flatten,
+    parse_time,
+)
 
-
-def ts(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime(FMT)
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def flatten(actions: list) -> list[dict]:
-    out: list[dict] = []
-
-    def walk(items):
-        for action in items:
-            if isinstance(action, list):
-                walk(action)
-            elif action.get("compoundActions"):
-                walk(action["compoundActions"])
-            else:
-                out.append(action)
-
-    walk(actions)
-    return out
+# The history-event shapes are the local host's (devhost/durable/history.py): one definition of
+# what the SDK's HistoryEvent reads, used by the real-time host and by this virtual-clock driver.
+ORCH_STARTED, ORCH_COMPLETED = ORCHESTRATOR_STARTED, ORCHESTRATOR_COMPLETED
 
 
 class Execution:
@@ -62,8 +54,7 @@ class Execution:
         self._event("ExecutionStarted", EXECUTION_STARTED, Name=name, Input=json.dumps(input), Version="")
 
     def _event(self, _label: str, event_type: int, **fields: Any) -> None:
-        self.history.append({"EventType": event_type, "EventId": fields.pop("EventId", -1), "IsPlayed": False,
-                             "Timestamp": ts(self.now), **fields})
+        self.history.append(event(event_type, fields.pop("EventId", -1), self.now, **fields))
 
     def context_json(self) -> str:
         return json.dumps({"history": self.history, "instanceId": self.instance_id, "isReplaying": False,

@@ -110,6 +110,30 @@ async def test_no_listener_retries_then_poisons_on_the_last_attempt(bridge_env, 
     assert "gave up after 5 attempts" in record["reason"] and record["message"] == body
 
 
+async def test_poison_record_carries_the_envelope_id(bridge_env, poison):
+    """The record's id is the envelope's id (the Idempotency-Key), not the queue message id (docs/app.md)."""
+    body = json.dumps({"id": "order-42", "connection": "echo", "body": "later"})  # no listener on echo
+    await relay_queue_send(queue_message(body, id="queue-msg-7", dequeue_count=MAX_DEQUEUE_COUNT))
+    [record] = await poison()
+    assert record["id"] == "order-42" and record["error"] == "no_listener"
+
+
+async def test_a_max_dequeue_count_override_moves_the_last_attempt(bridge_env, poison):
+    """The host honours AzureFunctionsJobHost__extensions__queues__maxDequeueCount over host.json; so does the bridge."""
+    from bridge.outbound import MAX_DEQUEUE_COUNT_SETTING, max_dequeue_count
+
+    assert max_dequeue_count({}) == MAX_DEQUEUE_COUNT
+    assert max_dequeue_count({MAX_DEQUEUE_COUNT_SETTING.upper(): "3"}) == 3
+    assert max_dequeue_count({MAX_DEQUEUE_COUNT_SETTING: "x"}) == MAX_DEQUEUE_COUNT
+    bridge_env(**{MAX_DEQUEUE_COUNT_SETTING: "2"})
+    body = json.dumps({"connection": "echo", "body": "later"})  # no listener on echo
+    with pytest.raises(RetryLater, match="attempt 1/2"):
+        await relay_queue_send(queue_message(body, dequeue_count=1))
+    await relay_queue_send(queue_message(body, dequeue_count=2))
+    [record] = await poison()
+    assert record["dequeue_count"] == 2 and "gave up after 2 attempts" in record["reason"]
+
+
 async def test_poison_records_are_base64_encoded_like_the_hosts(azurite, bridge_env, poison):
     from azure.storage.queue.aio import QueueClient
 

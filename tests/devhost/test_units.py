@@ -178,10 +178,30 @@ def test_make_run_table_has_endpoints_keys_and_three_curls(tmp_path):
     keys = {"masterKey": "MASTER", "functionKeys": {"default": "FKEY"}}
     emulator = {"relay": "wss://127.0.0.1:9443", "http": "https://127.0.0.1:9443", "ca_cert": str(tmp_path / "ca.pem"),
                 "identity_endpoint": "http://127.0.0.1:4000/msi/token", "identity_header": "SECRET-HEADER",
-                "state_dir": str(tmp_path)}
+                "state_dir": str(tmp_path), "port": 9443}
     azurite = SimpleNamespace(endpoints={"Blob": "b", "Queue": "q", "Table": "t"})
     values = {"RELAY_NAMESPACE": "127.0.0.1:9443", "INBOUND_ROUTES": '[{"pathPrefix": "/orders", "queue": "orders-in"}]'}
     text = render(host, keys, emulator, azurite, values, "orders", "inbound", 4.2, "started")
     assert "MASTER" in text and "FKEY" in text and "SECRET-HEADER" not in text
     assert sum(line.startswith("curl ") for line in text.splitlines()) == 4  # send, enqueue, relay POST, peek
     assert "/api/relay/orders/hello?code=FKEY" in text and "orders-in" in text
+
+
+def test_make_run_port_and_state_overrides(monkeypatch):
+    """`make run` keeps its fixed defaults; CLI flags or DEVHOST_RUN_* env move ports and state (0 = free port)."""
+    from devhost.run import RunError, azurite_ports, parse_args
+
+    for name in ("DEVHOST_RUN_LOCAL_DIR", "DEVHOST_RUN_AZURITE_PORTS", "DEVHOST_RUN_RELAY_PORT",
+                 "DEVHOST_RUN_HOST_PORT", "DEVHOST_RUN_ECHO_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    args = parse_args([])
+    assert (args.local_dir, args.relay_port, args.host_port, args.echo_port) == (None, None, None, None)
+    assert azurite_ports(args.azurite_ports) == (10000, 10001, 10002)
+    assert azurite_ports("0") == (0, 0, 0) and azurite_ports("20000,20001,20002") == (20000, 20001, 20002)
+    for bad in ("1,1,2", "a,b,c", "1,2", "70000"):
+        with pytest.raises(RunError):
+            azurite_ports(bad)
+    monkeypatch.setenv("DEVHOST_RUN_HOST_PORT", "0")
+    monkeypatch.setenv("DEVHOST_RUN_LOCAL_DIR", "/tmp/x")
+    args = parse_args(["--echo-port", "18080"])
+    assert (args.host_port, args.echo_port, args.local_dir) == (0, 18080, "/tmp/x")

@@ -14,11 +14,15 @@ FAST_CONFIG = {
     "responseTimeoutSeconds": 1,
     "tokenGraceSeconds": 0,
     "listenerLimit": 25,
+    "maxMessageBytes": 256 * 1024,  # the oversized-frame tests send more than this
 }
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def fast_emulator():
-    """Plain ws:// / http:// emulator: accept and response timeouts 1 s, no token grace."""
+    """Plain ws:// / http:// emulator: accept and response timeouts 1 s, no token grace, 256 KiB messages."""
     async with start_emulator(FAST_CONFIG, tls=False) as emu:
         yield emu
+        # All the bad-input tests run here: whatever they sent, nothing may have crashed.
+        log = emu.log_path.read_text()
+        assert "Traceback" not in log and " ERROR " not in log, log[-4000:]

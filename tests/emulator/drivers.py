@@ -180,3 +180,42 @@ class TestListener:
             with contextlib.suppress(websockets.ConnectionClosed):
                 async for message in rdv:
                     await rdv.send(message)
+
+
+class LogWatch:
+    """The emulator log lines written since this object was created (the log is shared by a session)."""
+
+    def __init__(self, emu) -> None:
+        self.path = emu.log_path
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def text(self) -> str:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read().decode("utf-8", "replace")
+
+    async def wait_for(self, *needles: str, timeout: float = 3.0) -> str:
+        """Wait until every needle appears in the new log text; return that text."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            text = self.text()
+            if all(n in text for n in needles):
+                return text
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"log lines {needles!r} not found in:\n{text[-3000:]}")
+            await asyncio.sleep(0.05)
+
+
+async def round_trip(emu, entity: str = "inbound") -> None:
+    """A normal WebSocket echo and HTTP request through a fresh listener: the emulator is still healthy."""
+    import aiohttp
+
+    token = sas_token(emu, entity)
+    async with TestListener(emu, entity, token):
+        async with ws_connect(emu, hc(emu, entity, "connect"), token) as ws:
+            await ws.send("still fine")
+            assert await ws.recv() == "still fine"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(p.entity_url(emu.http, entity), data=b"ok?", headers={p.HEADER_TOKEN: token},
+                                    ssl=emu.ssl_context() if emu.ca_cert else None) as r:
+                assert r.status == 200 and await r.read() == b"ok?"

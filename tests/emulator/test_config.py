@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from emulator.config import ConfigError, load_config, role_guid
-from tests.fixtures.emulator import REPO_ROOT, TEST_CONFIG, start_emulator
+from emulator.launcher import REPO_ROOT
+from tests.fixtures.emulator import TEST_CONFIG, start_emulator
 
 
 def test_test_config_is_valid():

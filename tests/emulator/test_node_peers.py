@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 
 from relay import protocol as p
-from tests.emulator.drivers import ROOT, hc, sas_token, ws_connect
-from tests.fixtures.emulator import REPO_ROOT
+from tests.emulator.drivers import ROOT, LogWatch, hc, sas_token, ws_connect
+from emulator.launcher import REPO_ROOT
 
 PEERS = REPO_ROOT / "tests" / "peers"
 
@@ -88,10 +88,18 @@ async def run_node(script: str, env: dict[str, str], **extra: str) -> dict:
 async def test_hyco_ws_listener_and_sender(emulator, auth):
     env = await _env(emulator, "echo", auth)
     async with node_listener("ws_listener.js", env):
-        result = await run_node("ws_sender.js", env)
-        assert result == {"event": "done", "ok": True}
+        plain, negotiated = await asyncio.gather(
+            run_node("ws_sender.js", env),
+            # Subprotocols: hyco-ws's listener picks the first offered; the emulator must hand the
+            # offer to the listener (connectHeaders) and echo its choice to the sender.
+            run_node("ws_sender.js", env, SUBPROTOCOLS="chat.v2,chat.v1"),
+        )
+        assert plain == {"event": "done", "ok": True, "protocol": None}
+        assert negotiated == {"event": "done", "ok": True, "protocol": "chat.v2"}
         # A Python sender against the Node listener too.
-        async with ws_connect(emulator, hc(emulator, "echo", "connect"), sas_token(emulator, "echo")) as ws:
+        async with ws_connect(emulator, hc(emulator, "echo", "connect"), sas_token(emulator, "echo"),
+                              subprotocols=["py.v1", "py.v0"]) as ws:
+            assert ws.subprotocol == "py.v1"
             await ws.send("py text")
             assert await ws.recv() == "py text"
             await ws.send(b"\x01" * 70000)
@@ -128,3 +136,30 @@ async def test_hyco_https_listener(emulator, auth):
                 assert r.status == 200 and await r.read() == b"b" * (200 * 1024)
             async with session.get(f"{emulator.http}/orders/small", ssl=ssl) as r:
                 assert r.status == 200 and (await r.json())["method"] == "GET"
+
+
+async def test_hyco_https_listener_with_node_senders(emulator):
+    """Plain Node ``https.request`` senders: GET, HEAD, 204, chunked upload, and 400 at once."""
+    env = await _env(emulator, "orders", "sas")
+    watch = LogWatch(emulator)
+    async with node_listener("https_listener.js", env):
+        get, head, empty, chunked = await asyncio.gather(
+            run_node("https_sender.js", env, METHOD="GET", HTTP_PATH="/orders/items?id=7", BODY_SIZE="0"),
+            run_node("https_sender.js", env, METHOD="HEAD", HTTP_PATH="/orders/items", BODY_SIZE="0"),
+            run_node("https_sender.js", env, METHOD="DELETE", HTTP_PATH="/orders/nocontent", BODY_SIZE="0"),
+            run_node("https_sender.js", env, HTTP_PATH="/orders/chunked", BODY_SIZE=str(150 * 1024), CHUNKED="1"),
+        )
+        assert get["status"] == 200 and get["listener"] == "hyco-https" and get["via"] == f"1.1 {emulator.host}"
+        assert json.loads(get["body"]) | {"sha256": None} == {
+            "method": "GET", "url": "/orders/items?id=7", "length": 0, "sha256": None, "custom": "Hello"}
+        assert head["status"] == 200 and head["listener"] == "hyco-https" and head["length"] == 0
+        assert empty["status"] == 204 and empty["length"] == 0 and empty["listener"] == "hyco-https"
+        assert chunked["status"] == 200 and chunked["match"] is True
+        assert json.loads(chunked["body"])["length"] == 150 * 1024
+
+        many = await run_node("https_sender.js", env, HTTP_PATH="/orders/many", BODY_SIZE="512", COUNT="400")
+        assert many == {"count": 400, "ok": 400, "statuses": {"200": 400}, "errors": []}
+        # hyco-https's quirks (an empty body message after body:false, HEAD, 204) are not protocol
+        # errors: its control channel stayed up throughout.
+        log = watch.text()
+        assert "alformed" not in log and "offline" not in log, log[-3000:]

@@ -228,7 +228,10 @@ async def test_idle_control_channel_dropped_when_configured():
     from tests.emulator.conftest import FAST_CONFIG
     from tests.fixtures.emulator import start_emulator
 
-    async with start_emulator({**FAST_CONFIG, "idleTimeoutSeconds": 0.5}, tls=False) as emu:
+    async with start_emulator({**FAST_CONFIG, "idleTimeoutSeconds": 0.5, "noListenerHttpStatus": 404}, tls=False) as emu:
+        async with aiohttp.ClientSession() as session:  # the no-listener status for HTTP is configurable
+            async with session.get(f"{emu.http}/orders", headers={p.HEADER_TOKEN: sas_token(emu, "orders")}) as r:
+                assert r.status == 404 and r.reason.startswith(p.MSG_NO_LISTENERS)
         async with TestListener(emu, "orders", sas_token(emu, "orders")) as idle, \
                 TestListener(emu, "orders", sas_token(emu, "orders")) as busy:
             for _ in range(6):  # pings count as traffic

@@ -1,4 +1,4 @@
-"""The app setting names are the same everywhere: docs/settings.md (the spec), bridge/settings.py (what the app
+"""The app setting names are the same everywhere: the README's configuration reference (the spec), bridge/settings.py (what the app
 reads), local.settings.sample.json (local development) and infra/main.bicep (Azure).
 
 Allowed differences, and only these:
@@ -29,10 +29,17 @@ def logical(name: str) -> str:
     return name.split("__", 1)[0]
 
 
+def configuration_section() -> list[str]:
+    """Lines of the README's "Configuration reference" section (the settings table)."""
+    text = (b.REPO / "README.md").read_text()
+    section = text.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    return section.splitlines()
+
+
 def docs_names() -> set[str]:
-    """Names in the table of docs/settings.md (`(+ `__credential`, ...)` expands to the previous row's prefix)."""
+    """Names in the README's configuration table (`(+ `__credential`, ...)` expands to the previous row's prefix)."""
     names: set[str] = set()
-    for line in (b.REPO / "docs" / "settings.md").read_text().splitlines():
+    for line in configuration_section():
         if not line.startswith("| `"):
             continue
         first_cell = line.split("|")[1]

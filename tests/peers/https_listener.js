@@ -1,5 +1,6 @@
-// hyco-https listener: answers every request with a JSON summary, or with BIG_RESPONSE bytes
-// when the path ends in /big (which makes hyco-https switch to a response rendezvous).
+// hyco-https listener: answers every request with a JSON summary; paths ending in /big get
+// 200 KB (which makes hyco-https stream the response), /nocontent gets 204. HEAD gets the
+// summary's headers (the body is dropped on the way to the sender).
 'use strict';
 const https = require('hyco-https');
 const crypto = require('crypto');
@@ -12,6 +13,12 @@ const server = https.createRelayedServer({ server: uri, token: tokenSource(https
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
     const body = Buffer.concat(chunks);
+    if (req.url.split('?')[0].endsWith('/nocontent')) {
+      res.statusCode = 204;
+      res.setHeader('X-Listener', 'hyco-https');
+      res.end();
+      return;
+    }
     if (req.url.split('?')[0].endsWith('/big')) {
       res.setHeader('Content-Type', 'application/octet-stream');
       res.end(big);

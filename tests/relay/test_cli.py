@@ -40,7 +40,7 @@ async def test_token_with_managed_identity_via_default_credential(emulator):
     assert "eyJ" not in out
 
 
-async def test_send_http_and_ws_and_errors(emulator):
+async def test_send_http_and_ws_and_errors(emulator, tmp_path):
     async def handler(request):
         return RelayedHttpResponse(201, body=b"got " + request.body + b" at " + request.path.encode())
 
@@ -52,7 +52,8 @@ async def test_send_http_and_ws_and_errors(emulator):
                         await stream.send(message)
         task = asyncio.ensure_future(echo())
         common = [emulator.address("orders"), "--sas-key-name", ROOT_RULE, "--ca-file", emulator.ca_cert]
-        code, out, err = await cli("send", *common, "--data", "hello", "--path", "/x", env=sas_env(emulator))
+        (tmp_path / "body.txt").write_bytes(b"hello")
+        code, out, err = await cli("send", *common, "--data", f"@{tmp_path / 'body.txt'}", "--path", "/x", env=sas_env(emulator))
         assert (code, out) == (0, "got hello at /x") and "201" in err
         code, out, err = await cli("send", *common, "--ws", "--text", "--data", "over ws", env=sas_env(emulator))
         assert (code, out) == (0, "over ws\n"), err
@@ -105,3 +106,12 @@ async def test_listen_forwards_to_a_local_service(emulator):
         await asyncio.wait_for(proc.wait(), 10)
         await runner.cleanup()
     assert proc.returncode == 0
+
+
+def test_unreadable_data_file_is_a_plain_usage_error(monkeypatch, capsys):
+    from relay.cli import main
+
+    monkeypatch.setenv("RELAY_SAS_KEY", "k")
+    code = main(["send", "sb://127.0.0.1:9/orders", "--sas-key-name", "r", "--data", "@/nonexistent/body.json"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == "error: cannot read the --data file '/nonexistent/body.json': No such file or directory"

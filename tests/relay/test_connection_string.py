@@ -1,9 +1,16 @@
-"""Connection strings parse like RelayConnectionStringBuilder (pure logic, no network)."""
+"""Connection strings parse like RelayConnectionStringBuilder; the emulator form works for real."""
 
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 
-from relay import HybridConnectionClient, HybridConnectionListener, parse_connection_string
+from relay import (
+    ConnectionLostError,
+    HybridConnectionClient,
+    HybridConnectionListener,
+    RelayedHttpResponse,
+    parse_connection_string,
+)
+from tests.fixtures.emulator import identity
 
 NS = "Endpoint=sb://contoso.servicebus.windows.net/"
 
@@ -44,6 +51,7 @@ def test_unknown_key_is_named():
     (f"{NS};OperationTimeout=soon", "OperationTimeout"),
     (f"{NS};UseDevelopmentEmulator=maybe", "UseDevelopmentEmulator"),
     (f"{NS};EntityPath=a;EntityPath=b", "twice"),
+    (f"{NS};TrustedCaFile=/tmp/ca.pem", "UseDevelopmentEmulator=true"),
 ])
 def test_invalid(text, message):
     with pytest.raises(ValueError, match=message):
@@ -90,3 +98,43 @@ def test_client_addresses():
         HybridConnectionClient("ftp://ns/orders")
     with pytest.raises(ValueError, match="names no hybrid connection"):
         HybridConnectionClient("sb://ns/")
+
+
+async def test_development_emulator_form_against_the_emulator(emulator, monkeypatch):
+    """One code path, configured for the emulator by the connection string alone (SAS and managed identity)."""
+    dev = f";UseDevelopmentEmulator=true;TrustedCaFile={emulator.ca_cert}"
+
+    async def handler(request):
+        return RelayedHttpResponse(200, body=b"hello " + request.body)
+
+    async def round_trip(listen_cs: str, send_cs: str) -> bytes:
+        async with HybridConnectionListener.from_connection_string(listen_cs, request_handler=handler) as listener, \
+                HybridConnectionClient.from_connection_string(send_cs) as client:
+            assert listener.address == client.address == emulator.address("orders")
+            async with await client.request("POST", "/x", body=b"emulator") as resp:
+                return await resp.read()
+
+    sas = round_trip(emulator.connection_string("listen-orders", "orders") + dev,
+                     emulator.connection_string("send-orders", "orders") + dev)
+    assert await sas == b"hello emulator"
+
+    # Without the CA file the emulator's certificate is not trusted, and the error says what to add.
+    no_ca = emulator.connection_string("send-orders", "orders") + ";UseDevelopmentEmulator=true"
+    async with HybridConnectionClient.from_connection_string(no_ca) as client:
+        with pytest.raises(ConnectionLostError, match="not trusted.*TrustedCaFile"):
+            await client.request("GET", "/")
+
+    # Managed identity: the emulator's identity endpoint stands in for Azure's.
+    for name, value in emulator.identity_env().items():
+        monkeypatch.setenv(name, value)
+    endpoint = f"Endpoint=sb://127.0.0.1:{emulator.port}/;EntityPath=orders;Authentication=Managed Identity"
+
+    def mi(name: str) -> str:
+        return f"{endpoint};ManagedIdentityClientId={identity(emulator.config, name)['clientId']}{dev}"
+
+    client = HybridConnectionClient.from_connection_string(mi("sender"))
+    credential = client.token_provider.credential
+    assert type(credential).__name__ == "ManagedIdentityCredential"
+    async with HybridConnectionListener.from_connection_string(mi("listener"), request_handler=handler), client:
+        assert await (await client.request("POST", "/", body=b"identity")).read() == b"hello identity"
+    assert client._owned_credential is None  # the credential the string created was closed with the client

@@ -165,3 +165,84 @@ async def test_gateway_timeout_is_typed():
             with pytest.raises(RelayTimeoutError) as info:
                 await c.request("GET", "/slow")
             assert info.value.status == 504
+
+
+async def test_inline_up_to_64k_rendezvous_beyond(emulator, client, monkeypatch):
+    """Responses of at most 64 KiB go back on the control channel; one byte more opens a rendezvous."""
+    import relay.listener as listener_module
+
+    contexts = []
+    real_ws_connect = listener_module.ws_connect
+
+    async def spy(session, url, **kwargs):
+        contexts.append(kwargs.get("context"))
+        return await real_ws_connect(session, url, **kwargs)
+
+    monkeypatch.setattr(listener_module, "ws_connect", spy)
+
+    async def sized(request):
+        return RelayedHttpResponse(200, body=pattern(int(request.query_params["n"])))
+
+    async with make_listener(emulator, request_handler=sized):
+        for size, rendezvous in ((0, 0), (65536, 0), (65537, 1)):
+            contexts.clear()
+            resp = await client.request("GET", f"/?n={size}")
+            assert await resp.read() == pattern(size)
+            assert contexts.count("response rendezvous") == rendezvous, (size, contexts)
+
+
+async def test_slow_handler_answers_504_before_the_service_deadline(emulator, client):
+    async def slow(request):
+        await asyncio.sleep(5)
+
+    async with make_listener(emulator, request_handler=slow, handler_timeout=0.3, close_timeout=0.1):
+        resp = await client.request("GET", "/slow")
+        assert resp.status == 504 and resp.from_listener
+        assert "did not answer in time" in await resp.text()
+
+
+async def test_sender_that_disconnects_mid_body(emulator, client):
+    """A sender that goes away halfway through its body: the handler never sees it, the listener carries on."""
+    from relay import get_token_provider
+
+    from .conftest import root_key
+
+    calls = []
+
+    async def handler(request):
+        calls.append(len(request.body))
+        return RelayedHttpResponse(200, body=b"ok")
+
+    async with make_listener(emulator, request_handler=handler) as listener:
+        token = (await get_token_provider(root_key(emulator)).get_token(emulator.address("orders"))).token
+        for length in (1000, 200_000):  # inline-sized and rendezvous-sized announcements
+            reader, writer = await asyncio.open_connection("127.0.0.1", emulator.port, ssl=emulator.ssl_context())
+            writer.write(f"POST /orders/cut HTTP/1.1\r\nHost: 127.0.0.1:{emulator.port}\r\nServiceBusAuthorization: {token}\r\n"
+                         f"Content-Length: {length}\r\n\r\n".encode() + b"x" * 500)
+            await writer.drain()
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        await asyncio.sleep(0.2)
+        resp = await client.request("POST", "/after", body=b"whole")
+        assert resp.status == 200 and await resp.read() == b"ok"
+        assert calls == [5] and listener.is_online
+
+
+async def test_handler_returning_nonsense_answers_500(emulator, client):
+    def handler(request):
+        if request.path == "/status":
+            return RelayedHttpResponse(42)  # would break the control channel if it went out
+        if request.path == "/header":
+            return RelayedHttpResponse(200, {"X-A": "a\r\nX-Injected: 1"})
+        return "not a response"
+
+    async with make_listener(emulator, request_handler=handler) as listener:
+        for path in ("/status", "/type"):
+            resp = await client.request("GET", path, timeout=5)
+            assert resp.status == 500 and "RequestHandler threw an exception" in await resp.text()
+        resp = await client.request("GET", "/header", timeout=5)
+        assert resp.status == 200 and resp.headers["X-A"] == "a  X-Injected: 1" and "X-Injected" not in resp.headers
+        assert listener.is_online

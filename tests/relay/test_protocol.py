@@ -109,3 +109,11 @@ def test_service_reason_is_one_line_with_tracking_id():
 
 def test_fold_headers_joins_repeats():
     assert p.fold_headers([("A", "1"), ("a", "2"), ("B", "3")]) == {"A": "1, 2", "B": "3"}
+
+
+def test_hostile_control_messages_raise_protocol_error():
+    with pytest.raises(p.ProtocolError, match="nested too deeply"):
+        p.decode_command("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(p.ProtocolError, match="requestTarget"):
+        p.decode_command('{"request": {"address": "a", "id": "1", "method": "GET", "requestTarget": 5}}')
+    assert isinstance(p.decode_command('{"somethingNew": {}}'), p.UnknownCommand)

@@ -111,3 +111,22 @@ async def test_deleted_entity_is_not_retried():
             assert len(attempts) == 2  # the first connect and one reconnect attempt: no retry after 404
         finally:
             await listener.close()
+
+
+async def test_twenty_sixth_listener_hits_the_quota(emulator):
+    """The service allows 25 listeners per hybrid connection; the 26th gets a transient QuotaExceededError."""
+    from relay import QuotaExceededError
+
+    listeners = [make_listener(emulator, "orders/eu", request_handler=ok) for _ in range(26)]
+    try:
+        await asyncio.gather(*(listener.open() for listener in listeners[:25]))
+        with pytest.raises(QuotaExceededError) as info:
+            await listeners[25].open()
+        assert info.value.is_transient and info.value.status == 403
+        assert "maximum number of listeners (25)" in str(info.value)
+        assert listeners[25].state == "offline" and all(listener.is_online for listener in listeners[:25])
+        await listeners[0].close()  # a slot frees up: trying again now succeeds
+        await listeners[25].open()
+        assert listeners[25].is_online
+    finally:
+        await asyncio.gather(*(listener.close() for listener in listeners))
