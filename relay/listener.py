@@ -7,8 +7,7 @@ import inspect
 import logging
 import time
 import uuid
-from http import HTTPStatus
-from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, Mapping, Union
+from typing import Any, Awaitable, Callable, Union
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -25,12 +24,10 @@ from .errors import ConnectionLostError, EndpointNotFoundError, RelayError, erro
 from .protocol import (
     ACTION_LISTEN,
     HEADER_TOKEN,
-    HOP_BY_HOP_HEADERS,
     INLINE_LIMIT,
     AcceptCommand,
     CommandReader,
     ProtocolError,
-    RemoteEndpoint,
     RenewTokenCommand,
     RequestCommand,
     ResponseCommand,
@@ -39,6 +36,7 @@ from .protocol import (
     hc_url,
     reject_url,
 )
+from .relayed_http import RelayedHttpRequest, RelayedHttpResponse, reason_phrase, response_headers
 from .stream import HybridConnectionStream
 
 __all__ = [
@@ -87,140 +85,6 @@ class ListenerState:
 # ---------------------------------------------------------------------------------------------
 # Request / response / accept context
 # ---------------------------------------------------------------------------------------------
-
-
-class RelayedHttpRequest:
-    """An HTTP request relayed to this listener.
-
-    ``method``; ``target`` (the sender's path and query, *including* the entity path, with the
-    ``sb-hc-*`` parameters removed, e.g. ``/orders/a?x=1``); ``path`` (relative to the entity,
-    ``/a``); ``query`` (raw query string without ``?``, ``"x=1"``); ``query_params`` (decoded
-    dict, first value wins); ``headers`` (case-insensitive; repeated headers arrive folded into
-    one comma-joined value); ``body`` (bytes, empty when there is none) or ``await read()``;
-    ``id`` (the service's request id); ``remote_endpoint`` (sender address and port, or ``None``).
-    """
-
-    __slots__ = ("method", "target", "path", "query", "body", "id", "remote_endpoint", "_raw_headers", "_headers")
-
-    def __init__(
-        self,
-        method: str,
-        target: str,
-        headers: Mapping[str, str] | None,
-        body: bytes,
-        id: str,
-        remote_endpoint: RemoteEndpoint | None,
-        entity: str,
-    ):
-        self.method = method
-        self.target = target
-        path, _, self.query = target.partition("?")
-        prefix = "/" + entity
-        if path.lower().startswith(prefix.lower()) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-            path = path[len(prefix) :] or "/"
-        self.path = path or "/"
-        self._raw_headers = headers or {}
-        self._headers: CIMultiDictProxy[str] | None = None
-        self.body = body
-        self.id = id
-        self.remote_endpoint = remote_endpoint
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = CIMultiDictProxy(CIMultiDict(self._raw_headers))
-        return headers
-
-    @property
-    def query_params(self) -> dict[str, str]:
-        from .protocol import query_params
-
-        return query_params(self.query)
-
-    async def read(self) -> bytes:
-        """The whole body (already received when the handler runs)."""
-        return self.body
-
-    def text(self, encoding: str = "utf-8") -> str:
-        """The body decoded (UTF-8 by default)."""
-        return self.body.decode(encoding, errors="replace")
-
-    def json(self) -> Any:
-        """The body parsed as JSON."""
-        import json
-
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return f"<RelayedHttpRequest {self.method} {self.target} id={self.id!r} body={len(self.body)} bytes>"
-
-
-BodyType = Union[bytes, bytearray, memoryview, str, AsyncIterable[bytes], None]
-
-
-class RelayedHttpResponse:
-    """The answer a request handler returns.
-
-    ``status`` (default 200); ``headers`` (mapping or list of pairs; repeated names are folded
-    into one comma-joined value because the protocol carries one string per name; hop-by-hop
-    headers such as ``Content-Length`` are dropped, the service frames the body itself);
-    ``body``: bytes, str (UTF-8; ``Content-Type: text/plain; charset=utf-8`` is added when no
-    content type is set) or an async iterable of bytes (streamed over a rendezvous); ``reason``:
-    the status description (default: the standard phrase).
-
-    Bodies up to 64 KiB go inline on the control channel; bigger or streamed bodies go over a
-    rendezvous WebSocket to the request's address.
-    """
-
-    __slots__ = ("status", "headers", "body", "reason")
-
-    def __init__(
-        self,
-        status: int = 200,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-        body: BodyType = b"",
-        reason: str | None = None,
-    ):
-        self.status = int(status)
-        self.headers = headers
-        self.body = body
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"<RelayedHttpResponse {self.status}>"
-
-
-def _response_headers(headers: Any, body_is_text: bool) -> dict[str, str]:
-    result: dict[str, str] = {}
-    if headers:
-        items = headers.items() if hasattr(headers, "items") else headers
-        lowered: dict[str, str] = {}
-        for name, value in items:
-            key = name.lower()
-            if key in HOP_BY_HOP_HEADERS:
-                continue
-            value = str(value).replace("\r", " ").replace("\n", " ")  # no header injection via the service
-            if key in lowered:
-                original = lowered[key]
-                result[original] = f"{result[original]}, {value}"
-            else:
-                lowered[key] = name
-                result[name] = value
-        if body_is_text and "content-type" not in lowered:
-            result["Content-Type"] = "text/plain; charset=utf-8"
-    elif body_is_text:
-        result["Content-Type"] = "text/plain; charset=utf-8"
-    return result
-
-
-_PHRASES = {status.value: status.phrase for status in HTTPStatus}
-
-
-def _reason(status: int, reason: str | None) -> str:
-    if reason is not None:
-        return reason.replace("\r", " ").replace("\n", " ")
-    return _PHRASES.get(status, "")
 
 
 class AcceptContext:
@@ -798,8 +662,8 @@ class HybridConnectionListener:
             ResponseCommand(
                 request_id=command.id,
                 status_code=response.status,
-                status_description=_reason(response.status, response.reason),
-                response_headers=_response_headers(response.headers, text),
+                status_description=reason_phrase(response.status, response.reason),
+                response_headers=response_headers(response.headers, text),
                 body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
             )
         )

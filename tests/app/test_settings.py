@@ -27,7 +27,7 @@ def test_minimal_settings_and_defaults():
     assert (s.inbound_default_queue, s.claim_check_container, s.listener_window_seconds) == ("relay-inbound", "relay-claimcheck", 300)
     assert s.relay_client_id is None and s.connection_verify is True
     assert s.relay_address("orders/eu") == "sb://contoso.servicebus.windows.net/orders/eu"
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         s.relay_namespace = "x"  # frozen
     assert "UseDevelopmentStorage" not in repr(s.storage)
 

@@ -52,7 +52,7 @@ async def test_connect_headers_query_suffix_and_no_extensions(emulator):
     assert headers["x-app"] == "v" and headers["sec-websocket-protocol"] == "p1, p2"
     assert "servicebusauthorization" not in headers
     assert cmd.id == "sender-42"
-    assert f"/$hc/echo/sub/path?app=1&x=%20y&sb-hc-action=accept&sb-hc-id=sender-42&" in cmd.address
+    assert "/$hc/echo/sub/path?app=1&x=%20y&sb-hc-action=accept&sb-hc-id=sender-42&" in cmd.address
     assert cmd.remote_endpoint is not None and cmd.remote_endpoint.address == "127.0.0.1"
 
 
