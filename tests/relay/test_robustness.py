@@ -31,18 +31,21 @@ class FakeService:
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.sockets: set[web.WebSocketResponse] = set()
+        self.closing = False
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/$hc/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=2.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
-        """Close every socket, then the server (aiohttp would otherwise wait for open WebSockets)."""
+        """Refuse new sockets, close every open one, then the server (aiohttp would otherwise wait
+        for open WebSockets, including a listener that reconnected while we were closing)."""
+        self.closing = True
         for ws in list(self.sockets):
             await ws.close(code=1011, message=b"service going away")
         if self.runner is not None:
@@ -57,6 +60,8 @@ class FakeService:
         return f"ws://127.0.0.1:{self.port}/$hc/orders?sb-hc-action=request&sb-hc-id={name}"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.closing:
+            return web.Response(status=503, reason="service going away")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.sockets.add(ws)
