@@ -4,7 +4,8 @@
 
 Each client runs in its own process, one after another (the machine has two cores, and the
 emulator needs one of them), so the Python and Node numbers come from the same emulator,
-the same machine and the same minute. The emulator bounds every relayed figure: the raw
+the same machine and the same minutes; rounds are interleaved and each figure is the median
+round. The emulator bounds every relayed figure: the raw
 loopback echoes show the floor without it.
 """
 
@@ -67,6 +68,14 @@ async def run_json(*cmd: str, env: dict | None = None, timeout: float = 120) -> 
     return json.loads(lines[-1])
 
 
+def median_run(runs: list[dict], key=lambda run: run["per_second"]) -> dict:
+    """The run with the median throughput (runs are interleaved, so drift hits every client alike)."""
+    ordered = sorted(runs, key=key)
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["runs"] = [round(key(run), 1) for run in runs]
+    return chosen
+
+
 async def http_listener_run(emu, listener_cmd: list[str], entity: str, args, env: dict) -> dict:
     """Start a listener worker, load it with the shared sender at concurrency 1 and N, report listener CPU."""
     rule = emu.config["sasRules"][0]
@@ -104,33 +113,41 @@ async def main(args) -> dict:
         node_env = dict(os.environ, NODE_EXTRA_CA_CERTS=ca, NODE_NO_WARNINGS="1")
         addr = emu.address
         sec, size = str(args.seconds), str(args.size)
-        results: dict = {"raw": {}, "ws_echo": {}, "http": {}}
-        print("raw loopback echo (no relay) ...", file=sys.stderr)
-        results["raw"]["python websockets"] = await run_json(PY, "-m", "bench.raw_ws_echo", sec, size)
-        results["raw"]["python websockets + uvloop"] = await run_json(PY, "-m", "bench.raw_ws_echo", sec, size, "--uvloop")
-        results["raw"]["node ws"] = await run_json("node", "bench/raw_ws_echo.js", sec, size, env=node_env)
-        print("WebSocket echo through the emulator ...", file=sys.stderr)
-        common = [rule["name"], rule["key"], ca, sec, size]
-        results["ws_echo"]["python relay"] = await run_json(PY, "-m", "bench.py_ws_echo", addr("ws-python"), *common)
-        results["ws_echo"]["python relay + uvloop"] = await run_json(
-            PY, "-m", "bench.py_ws_echo", addr("ws-python-uvloop"), *common, "--uvloop"
-        )
-        results["ws_echo"]["node hyco-ws"] = await run_json(
-            "node", "bench/node_ws_echo.js", info["relay"], "ws-node", rule["name"], rule["key"], sec, size, env=node_env
-        )
-        print("HTTP request/response through the emulator ...", file=sys.stderr)
         listener_args = [rule["name"], rule["key"], ca]
-        results["http"]["python relay"] = await http_listener_run(
-            emu, [PY, "-m", "bench.py_http_listener", addr("http-python"), *listener_args], "http-python", args, None
-        )
-        results["http"]["python relay + uvloop"] = await http_listener_run(
-            emu, [PY, "-m", "bench.py_http_listener", addr("http-python-uvloop"), *listener_args, "--uvloop"],
-            "http-python-uvloop", args, None,
-        )
-        results["http"]["node hyco-https"] = await http_listener_run(
-            emu, ["node", "bench/node_http_listener.js", info["relay"], "http-node", rule["name"], rule["key"]],
-            "http-node", args, node_env,
-        )
+        common = [rule["name"], rule["key"], ca, sec, size]
+        # name -> (group, coroutine factory); every round runs each once, in this order.
+        plan = {
+            "python websockets": ("raw", lambda: run_json(PY, "-m", "bench.raw_ws_echo", sec, size)),
+            "python websockets + uvloop": ("raw", lambda: run_json(PY, "-m", "bench.raw_ws_echo", sec, size, "--uvloop")),
+            "node ws": ("raw", lambda: run_json("node", "bench/raw_ws_echo.js", sec, size, env=node_env)),
+            "python relay": ("ws_echo", lambda: run_json(PY, "-m", "bench.py_ws_echo", addr("ws-python"), *common)),
+            "python relay + uvloop": ("ws_echo", lambda: run_json(
+                PY, "-m", "bench.py_ws_echo", addr("ws-python-uvloop"), *common, "--uvloop")),
+            "node hyco-ws": ("ws_echo", lambda: run_json(
+                "node", "bench/node_ws_echo.js", info["relay"], "ws-node", rule["name"], rule["key"], sec, size, env=node_env)),
+            "http python relay": ("http", lambda: http_listener_run(
+                emu, [PY, "-m", "bench.py_http_listener", addr("http-python"), *listener_args], "http-python", args, None)),
+            "http python relay + uvloop": ("http", lambda: http_listener_run(
+                emu, [PY, "-m", "bench.py_http_listener", addr("http-python-uvloop"), *listener_args, "--uvloop"],
+                "http-python-uvloop", args, None)),
+            "http node hyco-https": ("http", lambda: http_listener_run(
+                emu, ["node", "bench/node_http_listener.js", info["relay"], "http-node", rule["name"], rule["key"]],
+                "http-node", args, node_env)),
+        }
+        runs: dict[str, list] = {name: [] for name in plan}
+        for round_ in range(args.repeat):
+            print(f"round {round_ + 1}/{args.repeat}: raw echo, WebSocket echo, HTTP ...", file=sys.stderr)
+            for name, (_, factory) in plan.items():
+                runs[name].append(await factory())
+        results: dict = {"raw": {}, "ws_echo": {}, "http": {}}
+        for name, (group, _) in plan.items():
+            if group == "http":
+                label = name.removeprefix("http ")
+                picked = median_run(runs[name], key=lambda run: run[f"c{args.concurrency}"]["per_second"])
+                picked["c1"] = median_run([run["c1"] for run in runs[name]])
+                results[group][label] = picked
+            else:
+                results[group][name] = median_run(runs[name])
         print("token fetches per 10,000 sends ...", file=sys.stderr)
         before = await emu.tokens_issued()
         identity_env = dict(os.environ, IDENTITY_ENDPOINT=info["identity_endpoint"], IDENTITY_HEADER=info["identity_header"])
@@ -143,7 +160,8 @@ async def main(args) -> dict:
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"seconds": args.seconds, "size": args.size, "concurrency": args.concurrency, "sends": args.sends},
+        "settings": {"seconds": args.seconds, "size": args.size, "concurrency": args.concurrency, "sends": args.sends,
+                     "repeat": args.repeat},
         "results": results,
     }
 
@@ -154,15 +172,16 @@ def cli() -> None:
     parser.add_argument("--size", type=int, default=1024, help="message/body size in bytes (default 1024)")
     parser.add_argument("--concurrency", type=int, default=16, help="HTTP concurrency for the throughput run (default 16)")
     parser.add_argument("--sends", type=int, default=10_000, help="sends for the token-fetch count (default 10000)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the median round (default 3)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
     report = asyncio.run(main(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    from .chart import render
+    from .chart import markdown_table, render
 
     png = render(report, args.out.with_suffix(".png"))
-    print(json.dumps(report["results"], indent=2))
+    print(markdown_table(report))
     print(f"wrote {args.out} and {png}", file=sys.stderr)
 
 

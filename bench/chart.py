@@ -67,3 +67,30 @@ def render(report: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def markdown_table(report: dict) -> str:
+    """The README's benchmark table, from a report (printed by `make bench`)."""
+    results, conc = report["results"], report["settings"]["concurrency"]
+    lines = [
+        "| WebSocket echo, 1 KB, sequential | round trips/s | p50 ms | p99 ms | client CPU µs/msg |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for group, prefix in (("ws_echo", ""), ("raw", "raw, no relay: ")):
+        for name, run in results[group].items():
+            lines.append(f"| {prefix}{name} | {run['per_second']:,.0f} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} "
+                         f"| {run['cpu_us_per_message']:,.0f} |")
+    lines += [
+        "",
+        f"| HTTP 1 KB request/response, listener | req/s c=1 | p50 / p99 ms c=1 | req/s c={conc} | p50 / p99 ms c={conc} "
+        "| listener CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in results["http"].items():
+        c1, cn = run["c1"], run[f"c{conc}"]
+        lines.append(f"| {name} | {c1['per_second']:,.0f} | {c1['p50_ms']:.2f} / {c1['p99_ms']:.2f} | {cn['per_second']:,.0f} "
+                     f"| {cn['p50_ms']:.2f} / {cn['p99_ms']:.2f} | {cn.get('listener_cpu_us_per_request', 0):,.0f} |")
+    tokens = results.get("tokens", {})
+    lines += ["", f"Token fetches for {tokens.get('sends', 0):,} sends with a one-hour managed-identity token: "
+              f"**{tokens.get('token_fetches', '?')}**."]
+    return "\n".join(lines)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from relay._loop import run as run_loop
+
 from .auth import Authorizer
 from .certs import ensure_signing_key, ensure_tls, server_ssl_context
 from .config import ConfigError, EmulatorConfig, default_config, load_config
@@ -194,13 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        import uvloop  # optional accelerator
-    except ImportError:
-        uvloop = None
-    try:
-        if uvloop is not None:
-            return uvloop.run(_serve(args))
-        return asyncio.run(_serve(args))
+        return run_loop(_serve(args))  # uvloop when installed
     except ConfigError as exc:
         print(f"emulator: invalid config: {exc}", file=sys.stderr)
         return 2

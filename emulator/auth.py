@@ -61,16 +61,34 @@ def scope_covers(scope: str, target: str) -> bool:
 class Authorizer:
     """Checks tokens against the config's SAS rules and role assignments."""
 
+    CACHE_LIMIT = 4096
+
     def __init__(self, config: EmulatorConfig, issuer: TokenIssuer) -> None:
         self.config = config
         self.issuer = issuer
+        # (token, entity, right) -> expiry of checks that passed. Senders reuse one token for
+        # thousands of requests; the signature check (HMAC or RSA) then runs once, not per
+        # request. The config is static, so only expiry can turn a cached grant stale.
+        self._granted: dict[tuple[str, str, str], float] = {}
 
     def authorize(self, token: str | None, entity: str, right: str, *, now: float | None = None) -> float | None:
         """Check ``token`` grants ``right`` on ``entity``; return its expiry (Unix time)."""
         if not token:
             raise AuthError(401, p.MSG_MISSING_TOKEN)
         now = time.time() if now is None else now
-        token = token.strip()
+        key = (token, entity.lower(), right)
+        expiry = self._granted.get(key)
+        if expiry is not None:
+            if expiry + self.config.token_grace_seconds >= now:
+                return expiry
+            del self._granted[key]
+        expiry = self._check(token.strip(), entity, right, now)
+        if len(self._granted) >= self.CACHE_LIMIT:
+            self._granted.clear()
+        self._granted[key] = expiry
+        return expiry
+
+    def _check(self, token: str, entity: str, right: str, now: float) -> float:
         if sas.is_sas_token(token):
             return self._sas(token, entity, right, now)
         if token[:7].lower() == "bearer ":

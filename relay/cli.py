@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ._loop import run as run_loop
 from .client import HybridConnectionClient
 from .connection_string import parse_connection_string
 from .credentials import close_credential, get_token_provider
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "verbose", False):
         logging.getLogger("azure").setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(args.func(args))
+        return run_loop(args.func(args))  # uvloop when installed
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -200,9 +200,13 @@ class UnknownCommand:
 Command = Union[AcceptCommand, RequestCommand, ResponseCommand, RenewTokenCommand, UnknownCommand]
 
 
+# One encoder for every command: json.dumps with non-default options builds a new encoder per call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode_command(command: Command) -> str:
     """Serialize a command to the text of one WebSocket message."""
-    return json.dumps(command.to_json(), separators=(",", ":"), ensure_ascii=False)
+    return _encode_json(command.to_json())
 
 
 def _str_dict(value: object, what: str) -> dict[str, str]:
