@@ -132,6 +132,7 @@ def default_config() -> dict[str, Any]:
         "hybridConnections": [
             {"name": "orders", "requiresClientAuthorization": True},
             {"name": "inbound", "requiresClientAuthorization": True},
+            {"name": "echo", "requiresClientAuthorization": True},
             {"name": "public", "requiresClientAuthorization": False},
         ],
         "sasRules": [
