@@ -3,9 +3,11 @@
 Each instance replays in order (one episode at a time). Activities run concurrently as asyncio
 tasks (sync ones in threads) while the orchestration waits on timers that use the wall clock.
 Everything an episode decides is committed to SQLite before activities or timers start, and
-results land in the inbox before the next episode; after a restart, scheduled activities
-without a result run again (at-least-once, like the real extension) and timers re-arm from
-their ``FireAt``.
+results land in the inbox before the next episode. Every scheduled activity is also a work
+item in SQLite (the real extension's work-item message) until its result is enqueued or
+discarded; after a restart every work item left runs again (at-least-once, like the real
+extension) — also those of earlier executions, whose results are then discarded — and timers
+re-arm from their ``FireAt``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..invoker import Invoker, describe_exception
 from ..loader import FunctionIndex
 from . import history as h
 from .engine import build_context, decide, run_handle
-from .store import Instance, Store
+from .store import Instance, Store, WorkItem
 
 log = logging.getLogger("devhost.durable")
 
@@ -64,13 +66,20 @@ class DurableService:
         self._dirty: set[str] = set()
         self._runners: dict[str, asyncio.Task] = {}
         self._timers: dict[tuple[str, str, int], asyncio.Task] = {}
-        self._activities: set[asyncio.Task] = set()
+        self._activities: dict[tuple[str, str, int], asyncio.Task] = {}
         self._activity_slots = asyncio.Semaphore(max_activities or 10 * (os.cpu_count() or 1))
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Resume every instance that was Pending or Running when the host stopped."""
+        """Resume every instance that was Pending or Running when the host stopped.
+
+        Timers of the current executions re-arm; every activity work item left in the store runs
+        again, whatever execution it belongs to (a result for an execution that is no longer the
+        current one is discarded when it arrives, as the real extension does).
+        """
+        stamp = h.stamp()
+        resumed: dict[str, int] = {}
         for instance_id in self.store.active_ids():
             inst = self.store.get(instance_id)
             pending = {ev["TaskScheduledId"] for _, ex, ev in self.store.inbox(instance_id)
@@ -78,21 +87,40 @@ class DurableService:
             fired = {ev.get("TimerId") for _, ex, ev in self.store.inbox(instance_id) if ex == inst.execution_id}
             done = {e.get("TaskScheduledId") for e in inst.history if e["EventType"] in (h.TASK_COMPLETED, h.TASK_FAILED)}
             fired |= {e.get("TimerId") for e in inst.history if e["EventType"] == h.TIMER_FIRED}
-            resumed = 0
+            resumed[instance_id] = 0
+            with self.store.transaction():
+                for event in inst.history:
+                    if event["EventType"] == h.TASK_SCHEDULED and event["EventId"] not in done | pending:
+                        # Normally its work item exists already; a store written by an older devhost
+                        # has none, so the history is the source for the current execution.
+                        self.store.add_work_item(WorkItem(instance_id, inst.execution_id, event["EventId"],
+                                                          event["Name"], event.get("Input"), scheduled_time=stamp))
             for event in inst.history:
-                if event["EventType"] == h.TASK_SCHEDULED and event["EventId"] not in done | pending:
-                    self._start_activity(inst, event["EventId"], event["Name"], event.get("Input"))
-                    resumed += 1
-                elif (event["EventType"] == h.TIMER_CREATED and event["EventId"] not in fired
-                      and event["EventId"] not in inst.canceled_timers):
+                if (event["EventType"] == h.TIMER_CREATED and event["EventId"] not in fired
+                        and event["EventId"] not in inst.canceled_timers):
                     self._arm_timer(inst, event["EventId"], event["FireAt"])
-                    resumed += 1
-            log.info("durable: resumed instance %s (%s, %d pending task(s))", instance_id, inst.status, resumed)
+                    resumed[instance_id] += 1
+        for item in self.store.work_items():
+            inst = self.store.get(item.instance_id)
+            if inst is not None and inst.execution_id == item.execution_id and not inst.is_terminal:
+                resumed[item.instance_id] = resumed.get(item.instance_id, 0) + 1
+            else:
+                moved_on = ("no longer exists" if inst is None else
+                            inst.status if inst.execution_id == item.execution_id else "a later execution")
+                log.info("durable: activity %s (task %d) of execution %s of instance %s was %s when the host "
+                         "stopped: running it again, its result will be discarded (instance: %s)", item.name,
+                         item.event_id, item.execution_id, item.instance_id, item.state.lower(), moved_on)
+            self._start_activity(item)
+        for instance_id, count in resumed.items():
+            inst = self.store.get(instance_id)
+            if inst is None or inst.is_terminal:
+                continue
+            log.info("durable: resumed instance %s (%s, %d pending task(s))", instance_id, inst.status, count)
             self._kick(instance_id)
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [*self._runners.values(), *self._timers.values(), *self._activities]
+        tasks = [*self._runners.values(), *self._timers.values(), *self._activities.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -222,9 +250,13 @@ class DurableService:
         else:
             inst.status = decision.status
             inst.output = decision.output
+        items = [WorkItem(instance_id, inst.execution_id, event_id, name, input_json, scheduled_time=inst.last_updated_time)
+                 for event_id, name, input_json in decision.activities] if not inst.is_terminal else []
         with self.store.transaction():
             self.store.consume([seq for seq, _ in current] + stale)
             self.store.put(inst)
+            for item in items:
+                self.store.add_work_item(item)
             if decision.continued:
                 self.store.enqueue(instance_id, inst.execution_id, h.execution_started(inst.name, inst.input))
         if decision.continued:
@@ -243,8 +275,8 @@ class DurableService:
         if inst.is_terminal:
             self._cancel_timers(instance_id)
             return
-        for event_id, name, input_json in decision.activities:
-            self._start_activity(inst, event_id, name, input_json)
+        for item in items:
+            self._start_activity(item)
         for timer_id, fire_at in decision.timers:
             self._arm_timer(inst, timer_id, fire_at)
 
@@ -270,23 +302,33 @@ class DurableService:
             self._timers.pop(key).cancel()
 
     # ---- activities ----------------------------------------------------------------------
-    def _start_activity(self, inst: Instance, event_id: int, name: str, input_json: str | None) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._activity(inst.instance_id, inst.execution_id, event_id, name, input_json))
-        self._activities.add(task)
-        task.add_done_callback(self._activities.discard)
+    def _start_activity(self, item: WorkItem) -> None:
+        """Run a persisted work item (at most once at a time in this process)."""
+        running = self._activities.get(item.key)
+        if running is not None and not running.done():
+            return
+        task = asyncio.get_running_loop().create_task(self._activity(item))
+        self._activities[item.key] = task
+        task.add_done_callback(lambda t, key=item.key: self._activities.pop(key, None)
+                               if self._activities.get(key) is t else None)
 
-    async def _activity(self, instance_id: str, execution_id: str, event_id: int, name: str,
-                        input_json: str | None) -> None:
+    async def _activity(self, item: WorkItem) -> None:
+        instance_id, execution_id, event_id, name = item.instance_id, item.execution_id, item.event_id, item.name
         info = self.index.get(name, "activityTrigger")
         async with self._activity_slots:
+            if self._closed:
+                return
+            attempt = self.store.mark_work_item_running(item.key, h.stamp())
+            if attempt > 1:
+                log.info("durable: activity %s (instance %s, task %d) delivered again (attempt %d)",
+                         name, instance_id, event_id, attempt)
             if info is None:
                 event = h.task_failed(event_id, f"The activity function '{name}' doesn't exist.",
                                       "devhost found no activityTrigger function with this name")
             else:
                 try:
                     argument = ActivityTriggerConverter.decode(
-                        meta.Datum(type="json", value=input_json if input_json is not None else "null"),
+                        meta.Datum(type="json", value=item.input if item.input is not None else "null"),
                         trigger_metadata=None)
                     result = await self.invoker.call(info, {info.trigger["name"]: argument})
                     encoded = ActivityTriggerConverter.encode(result.return_value, expected_type=None).value
@@ -299,11 +341,17 @@ class DurableService:
                     event = h.task_failed(event_id, f"Activity function '{name}' failed: {describe_exception(exc)}",
                                           "".join(traceback.format_exception(exc)))
         if self._closed:
-            return
+            return  # the work item stays: it runs again on the next start
         inst = self.store.get(instance_id)
         if inst is None or inst.execution_id != execution_id or inst.is_terminal:
-            log.info("durable: result of %s dropped (instance %s moved on)", name, instance_id)
+            with self.store.transaction():
+                self.store.delete_work_item(item.key)
+            state = ("no longer exists" if inst is None else
+                     f"is {inst.status}" if inst.execution_id == execution_id else "continued as new")
+            log.info("durable: result of activity %s (task %d, execution %s) discarded: instance %s %s",
+                     name, event_id, execution_id, instance_id, state)
             return
         with self.store.transaction():
             self.store.enqueue(instance_id, execution_id, event)
+            self.store.delete_work_item(item.key)
         self._kick(instance_id)

@@ -4,6 +4,12 @@ One row per instance holds the current execution's history; ``inbox`` holds even
 arrived (activity results, fired timers, raised events, ExecutionStarted) but were not yet
 replayed. An episode consumes inbox rows and writes the new history in one transaction, so a
 crash at any point either replays the events again or has them already in history.
+
+``activities`` holds activity work items (the real extension's work-item queue messages): one
+row per scheduled activity, written with the episode that scheduled it and deleted only together
+with the enqueueing of its result (or when its result is discarded because the execution moved
+on), so every row left after a crash is an activity to run again, whatever its execution.
+The table is created when missing, so an older ``durable.sqlite`` opens unchanged.
 """
 
 from __future__ import annotations
@@ -35,9 +41,44 @@ CREATE TABLE IF NOT EXISTS inbox (
     event TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inbox_instance ON inbox(instance_id, seq);
+CREATE TABLE IF NOT EXISTS activities (
+    instance_id TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    input TEXT,
+    state TEXT NOT NULL DEFAULT 'Scheduled',
+    dequeue_count INTEGER NOT NULL DEFAULT 0,
+    scheduled_time TEXT NOT NULL,
+    started_time TEXT,
+    PRIMARY KEY (instance_id, execution_id, event_id)
+);
 """
 
 TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
+
+
+@dataclass
+class WorkItem:
+    """An activity work item: one scheduled activity of one execution."""
+
+    instance_id: str
+    execution_id: str
+    event_id: int
+    name: str
+    input: str | None
+    state: str = "Scheduled"  # Scheduled | Running
+    dequeue_count: int = 0
+    scheduled_time: str = ""
+    started_time: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.instance_id, self.execution_id, self.event_id)
+
+
+_ITEM_COLUMNS = ("instance_id", "execution_id", "event_id", "name", "input", "state", "dequeue_count",
+                 "scheduled_time", "started_time")
 
 
 @dataclass
@@ -123,6 +164,34 @@ class Store:
 
     def clear_inbox(self, instance_id: str) -> None:
         self.db.execute("DELETE FROM inbox WHERE instance_id=?", (instance_id,))
+
+    # ---- activity work items ----
+    def add_work_item(self, item: WorkItem) -> bool:
+        """Insert unless a work item with the same key exists (True when inserted)."""
+        values = [getattr(item, c) for c in _ITEM_COLUMNS]
+        cursor = self.db.execute(f"INSERT OR IGNORE INTO activities ({','.join(_ITEM_COLUMNS)}) "
+                                 f"VALUES ({','.join('?' * len(_ITEM_COLUMNS))})", values)
+        return cursor.rowcount > 0
+
+    def work_items(self, instance_id: str | None = None) -> list[WorkItem]:
+        query = f"SELECT {','.join(_ITEM_COLUMNS)} FROM activities"
+        args: tuple = ()
+        if instance_id is not None:
+            query += " WHERE instance_id=?"
+            args = (instance_id,)
+        rows = self.db.execute(query + " ORDER BY scheduled_time, instance_id, event_id", args).fetchall()
+        return [WorkItem(**dict(zip(_ITEM_COLUMNS, r))) for r in rows]
+
+    def mark_work_item_running(self, key: tuple[str, str, int], started_time: str) -> int:
+        """State Running, dequeue count + 1; returns the new dequeue count (0 when the item is gone)."""
+        self.db.execute("UPDATE activities SET state='Running', dequeue_count=dequeue_count+1, started_time=? "
+                        "WHERE instance_id=? AND execution_id=? AND event_id=?", (started_time, *key))
+        row = self.db.execute("SELECT dequeue_count FROM activities WHERE instance_id=? AND execution_id=? "
+                              "AND event_id=?", key).fetchone()
+        return row[0] if row else 0
+
+    def delete_work_item(self, key: tuple[str, str, int]) -> None:
+        self.db.execute("DELETE FROM activities WHERE instance_id=? AND execution_id=? AND event_id=?", key)
 
     def delete(self, instance_id: str) -> bool:
         self.clear_inbox(instance_id)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
+from contextlib import closing
 
 import pytest
 
@@ -124,6 +126,37 @@ async def test_task_any_race_timer_and_activity(devhost, http):
     assert (slow_final["output"], slow_final["customStatus"]) == ("timeout", "timer won")
 
 
+def runs_of(marker_dir) -> list[str]:
+    path = marker_dir / "runs.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def wait_for(predicate, timeout: float, what: str, log=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log()[-3000:]}"
+        await asyncio.sleep(0.1)
+
+
+def work_items(state_dir) -> list[tuple]:
+    with closing(sqlite3.connect(str(state_dir / "durable.sqlite"))) as db:
+        return db.execute("SELECT instance_id, event_id, name, state FROM activities").fetchall()
+
+
+async def test_activity_outliving_its_execution_completes_and_is_discarded(devhost, http, tmp_path):
+    marker = tmp_path / "runs"
+    payload = await start_orchestration(http, devhost, "overlapping", "overlap-1",
+                                        {"generations": 1, "seconds": 3, "dir": str(marker), "pause": 0})
+    final = await poll_status(http, payload["statusQueryGetUri"], done, timeout=15)
+    assert final["runtimeStatus"] == "Completed" and final["output"] == {"finished": 1, "doubled": 2}
+    assert runs_of(marker) == ["start g0"]  # the next generation did not wait for it
+    await wait_for(lambda: runs_of(marker) == ["start g0", "end g0"], 10, "g0 to finish", devhost.log)
+    await wait_for(lambda: "result of activity tracked_run (task 0" in devhost.log(), 5, "the discard log", devhost.log)
+    assert "discarded: instance overlap-1 continued as new" in devhost.log()
+    still = await poll_status(http, payload["statusQueryGetUri"], done)
+    assert still["output"] == final["output"]  # the late result changed nothing
+
+
 async def test_orchestrator_and_activity_failures(devhost, http):
     broken = await start_orchestration(http, devhost, "broken", "broken-1", None)
     caught = await start_orchestration(http, devhost, "failing_activity", "caught-1", None)
@@ -174,6 +207,44 @@ async def test_restart_resumes_running_orchestration(azurite, http, tmp_path):
         assert final["runtimeStatus"] == "Completed", host.log()[-3000:]
         assert final["output"] == {"finished_after": 4}
         assert "resumed instance survivor" in host.log()
+        assert await host.stop() == 0
+    finally:
+        await host.kill()
+
+
+async def test_restart_reruns_activity_of_an_earlier_execution(azurite, http, tmp_path):
+    """kill -9 while an activity of a previous execution runs: like the real host's re-delivered
+    work item it runs again after the restart and its result is discarded; the current
+    execution goes on undisturbed."""
+    app_dir = app_copy(tmp_path)
+    env = storage_env(azurite, WORK_QUEUE="work-items-orphans")
+    state, marker = tmp_path / "state", tmp_path / "runs"
+    host = await start_devhost(app_dir, state, env, tmp_path / "first.log")
+    try:
+        payload = await start_orchestration(http, host, "overlapping", "orphans",
+                                            {"generations": 1, "seconds": 6, "dir": str(marker), "pause": 5})
+        await poll_status(http, payload["statusQueryGetUri"], lambda b: b["customStatus"] == {"gen": 1})
+        await wait_for(lambda: runs_of(marker) == ["start g0"], 10, "g0 to start", host.log)
+    finally:
+        await host.kill()
+    assert runs_of(marker) == ["start g0"]  # killed mid-run
+    assert [(i[0], i[1], i[2]) for i in work_items(state)] == [("orphans", 0, "tracked_run")]
+
+    host = await start_devhost(app_dir, state, env, tmp_path / "second.log")
+    try:
+        status_url = f"{host.url}/runtime/webhooks/durabletask/instances/orphans"
+        final = await poll_status(http, status_url, done, timeout=20)
+        assert final["runtimeStatus"] == "Completed", host.log()[-3000:]
+        assert final["output"] == {"finished": 1, "doubled": 2}  # the new generation proceeded normally
+        await wait_for(lambda: runs_of(marker) == ["start g0", "start g0", "end g0"], 15,
+                       "g0 to run again", host.log)
+        await wait_for(lambda: "result of activity tracked_run (task 0" in host.log(), 5, "the discard log", host.log)
+        log = host.log()
+        assert "activity tracked_run (task 0) of execution" in log and "running it again" in log
+        assert "discarded: instance orphans is Completed" in log or "discarded: instance orphans continued as new" in log
+        assert work_items(state) == []
+        again = await poll_status(http, status_url, done)
+        assert again["output"] == final["output"] and again["lastUpdatedTime"] == final["lastUpdatedTime"]
         assert await host.stop() == 0
     finally:
         await host.kill()

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -134,6 +135,27 @@ def waiter(context: df.DurableOrchestrationContext):
     return {"got": value}
 
 
+@bp.orchestration_trigger(context_name="context")
+def overlapping(context: df.DurableOrchestrationContext):
+    """Like the app's listener window B: a long activity still runs when the generation continues as new.
+
+    Generations before ``generations`` start ``tracked_run`` and move on at once (its result can
+    never reach them); the last one calls ``double``, waits ``pause`` seconds and completes.
+    """
+    state = context.get_input()
+    gen = state.get("gen", 0)
+    context.set_custom_status({"gen": gen})
+    if gen < state["generations"]:
+        long_run = context.call_activity("tracked_run", {"run": f"g{gen}", "seconds": state["seconds"],
+                                                         "dir": state["dir"]})
+        yield context.task_any([long_run, context.create_timer(context.current_utc_datetime)])
+        context.continue_as_new({**state, "gen": gen + 1})
+        return
+    doubled = yield context.call_activity("double", gen)
+    yield context.create_timer(context.current_utc_datetime + timedelta(seconds=state.get("pause", 0)))
+    return {"finished": gen, "doubled": doubled}
+
+
 # ---- durable: activities ------------------------------------------------------------------
 @bp.activity_trigger(input_name="value")
 def double(value: int) -> int:
@@ -152,6 +174,19 @@ async def slow_echo(payload: dict):
 def record(entry: dict, log: func.Out[str]) -> str:
     log.set(json.dumps(entry))
     return "recorded"
+
+
+@bp.activity_trigger(input_name="job")
+async def tracked_run(job: dict) -> str:
+    """Appends ``start <run>`` / ``end <run>`` lines to ``<dir>/runs.log``: every delivery is visible."""
+    path = Path(job["dir"]) / "runs.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(f"start {job['run']}\n")
+    await asyncio.sleep(job["seconds"])
+    with path.open("a") as out:
+        out.write(f"end {job['run']}\n")
+    return f"ran {job['run']}"
 
 
 @bp.activity_trigger(input_name="text")
