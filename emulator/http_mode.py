@@ -4,7 +4,8 @@ A plain HTTP(S) request to ``/{entity}[/suffix][?query]`` becomes a ``request``
 command for a listener: inline on the control channel (JSON + one binary body
 message) when ``Content-Length`` is known and headers + body fit the inline
 threshold (64 KiB), otherwise the address-only form, after which the listener
-opens the rendezvous (``sb-hc-action=request``) and gets the full request there.
+opens the rendezvous (``sb-hc-action=request``) and gets the full request there,
+its body streamed from the sender as it arrives (one fragmented binary message).
 The ``response`` is accepted on the control channel or on that rendezvous; the
 sender gets its status, ``statusDescription`` as the reason phrase, the
 listener's headers and ``Via: 1.1 {host}``. No answer within the response
@@ -14,8 +15,10 @@ timeout gives 504; no listener gives 502 (configurable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -37,6 +40,8 @@ _DROP_REQUEST = p.HOP_BY_HOP_HEADERS | {p.HEADER_TOKEN.lower()}
 _DROP_RESPONSE = p.HOP_BY_HOP_HEADERS | {"content-length"}
 MSG_TOO_LARGE = "The request body is larger than the emulator's maxMessageBytes ({} bytes)."
 MSG_INCOMPLETE_BODY = "The request body ended before its declared length."
+MSG_SENDER_GONE = b"The sender disconnected before sending the whole body."
+_STREAM_CHUNK = 64 * 1024
 
 log = logging.getLogger("emulator.http")
 
@@ -52,6 +57,9 @@ class PendingRequest:
     command: p.RequestCommand  # the full request (for the rendezvous form)
     body: bytes
     inline: bool
+    source: aiohttp.StreamReader | None = None  # rendezvous form: the sender's body, streamed as it arrives
+    pump: asyncio.Task | None = None  # the task streaming ``source`` to the listener's rendezvous
+    pump_socket: web.WebSocketResponse | None = None
     delivered: bool = False  # full request already sent (inline, or over a rendezvous)
     rendezvous_open: bool = False  # the listener holds a rendezvous for it (the response may come there)
     rendezvous_count: int = 0  # rendezvous sockets open for it right now
@@ -61,9 +69,9 @@ class PendingRequest:
         if not self.response.done():
             self.response.set_result((command, body))
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, status: int = 502) -> None:
         if not self.response.done():
-            self.response.set_result(message)
+            self.response.set_result((status, message))
 
 
 def _reason(text: str | None) -> str | None:
@@ -132,14 +140,19 @@ class HttpMode:
         length = request.content_length
         has_body = request.body_exists
         inline = not has_body or (length is not None and header_bytes + length <= cfg.inline_threshold_bytes)
-        try:
-            body = await request.read() if has_body else b""
-        except web.HTTPRequestEntityTooLarge:
+        if not inline and length is not None and length > cfg.max_message_bytes:
             return srv.error(413, MSG_TOO_LARGE.format(cfg.max_message_bytes), host, entity)
-        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
-            # The sender went away (or broke the framing) mid-body: nothing reaches the listener.
-            log.info("HTTP sender on %s disconnected before sending the whole body (%s)", entity, type(exc).__name__)
-            return srv.error(400, MSG_INCOMPLETE_BODY, host, entity)
+        body = b""
+        if inline and has_body:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return srv.error(413, MSG_TOO_LARGE.format(cfg.max_message_bytes), host, entity)
+            except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+                # The sender went away (or broke the framing) mid-body: nothing reaches the listener.
+                log.info("HTTP sender on %s disconnected before sending the whole body (%s)", entity, type(exc).__name__)
+                return srv.error(400, MSG_INCOMPLETE_BODY, host, entity)
+        # Rendezvous form: the body is not read here; it streams to the listener's rendezvous as it arrives.
 
         request_id = p.new_tracking_id()
         secret = secrets.token_urlsafe(24)
@@ -155,9 +168,10 @@ class HttpMode:
             method=request.method,
             request_headers=headers,
             remote_endpoint=p.RemoteEndpoint(peer[0], peer[1]) if peer else None,
-            body=bool(body) or (has_body and length is not None and length > 0),
+            body=bool(body) if inline else (has_body and (length is None or length > 0)),
         )
-        pending = PendingRequest(request_id, secret, entity, listener, command, body, inline, delivered=inline)
+        pending = PendingRequest(request_id, secret, entity, listener, command, body, inline, delivered=inline,
+                                 source=None if inline else request.content)
         self.pending[request_id] = pending
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.response_timeout_seconds
@@ -179,8 +193,9 @@ class HttpMode:
                 return srv.error(504, p.MSG_RESPONSE_TIMEOUT, host, entity)
         finally:
             self.pending.pop(request_id, None)
-        if isinstance(outcome, str):
-            return srv.error(502, outcome, host, entity)
+            await self._stop_pump(pending)
+        if isinstance(outcome, tuple) and isinstance(outcome[0], int):
+            return srv.error(outcome[0], outcome[1], host, entity)
         response, response_body = outcome
         return self._response(request, response, response_body, host)
 
@@ -229,7 +244,11 @@ class HttpMode:
             pending.delivered = True
             await ws.send_str(p.encode_command(pending.command))
             if pending.command.body:
-                await ws.send_bytes(pending.body)
+                if pending.source is not None:
+                    pending.pump_socket = ws
+                    pending.pump = asyncio.get_running_loop().create_task(self._stream_body(ws, pending))
+                else:
+                    await ws.send_bytes(pending.body)
         reader = p.CommandReader()
         try:
             async for msg in ws:
@@ -251,9 +270,91 @@ class HttpMode:
                     if self.on_response(command, body) is pending:
                         break  # one exchange per rendezvous; hyco-https leaves the socket open
         finally:
+            if pending.pump_socket is ws:
+                await self._stop_pump(pending)
             pending.rendezvous_count -= 1
             if pending.rendezvous_count == 0:  # another rendezvous for it may still carry the response
                 pending.fail("The listener closed the rendezvous connection before responding.")
             if not ws.closed:
                 await ws.close(code=1000, message=b"Normal Closure")
         return ws
+
+    # -- streamed request bodies ---------------------------------------------------------------
+
+    async def _stream_body(self, ws: web.WebSocketResponse, pending: PendingRequest) -> None:
+        """Forward the sender's body to the rendezvous as ONE binary message, a frame per chunk.
+
+        aiohttp's server socket has no fragment API, so the frames (unmasked, server to client)
+        go straight to its transport; nothing else but control frames (pongs) is written to the
+        socket meanwhile, since the rendezvous carries only this exchange. The last frame is an
+        empty one with FIN. If the sender goes away mid-body, the rendezvous is closed with 1011
+        so the listener sees the message cut off.
+        """
+        assert pending.source is not None
+        writer = ws._writer  # noqa: SLF001
+        assert writer is not None
+        transport, protocol = writer.transport, writer.protocol
+        limit = self.server.config.max_message_bytes
+        opcode, total = _BINARY, 0
+        try:
+            async for chunk in pending.source.iter_chunked(_STREAM_CHUNK):
+                if not chunk:
+                    continue
+                total += len(chunk)
+                if total > limit:
+                    log.info("request %s: the streamed body exceeds maxMessageBytes, closing its rendezvous with 1009", pending.id)
+                    pending.fail(MSG_TOO_LARGE.format(limit), 413)
+                    pending.pump_socket = None  # closing it here
+                    await ws.close(code=1009, message=b"The request body is too large.")
+                    return
+                if transport is None or transport.is_closing():
+                    return  # the listener went away; the rendezvous handler reports it
+                transport.write(_frame(chunk, opcode, False))
+                opcode = _CONTINUATION
+                if protocol.writing_paused:
+                    await protocol._drain_helper()  # noqa: SLF001 - flow control, as aiohttp's own writer
+            if transport is not None and not transport.is_closing():
+                transport.write(_frame(b"", opcode, True))
+            pending.pump_socket = None  # the message is complete
+        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            log.info("HTTP sender on %s disconnected before sending the whole body (%s); closing the rendezvous of %s with 1011",
+                     pending.entity, type(exc).__name__, pending.id)
+            pending.fail(MSG_INCOMPLETE_BODY, 400)
+            pending.pump_socket = None  # closing it here
+            with contextlib.suppress(Exception):
+                await ws.close(code=1011, message=MSG_SENDER_GONE)
+
+    async def _stop_pump(self, pending: PendingRequest) -> None:
+        """The exchange is over: stop streaming the body; a message left unfinished closes the rendezvous."""
+        pump = pending.pump
+        if pump is None:
+            return
+        if not pump.done():
+            if pending.pump_socket is None:  # finished, or closing the rendezvous itself
+                await asyncio.wait((pump,), timeout=15.0)
+            else:
+                pump.cancel()
+                await asyncio.wait((pump,))
+        ws, pending.pump_socket = pending.pump_socket, None
+        if ws is not None and not ws.closed:
+            answered = pending.response.done() and not isinstance(pending.response.result()[0], int)
+            with contextlib.suppress(Exception):
+                await ws.close(code=1000 if answered else 1011,
+                               message=b"Normal Closure" if answered else b"The request was abandoned.")
+
+
+_BINARY = 0x2
+_CONTINUATION = 0x0
+
+
+def _frame(payload: bytes, opcode: int, fin: bool) -> bytes:
+    """One unmasked WebSocket frame (server to client)."""
+    first = (0x80 if fin else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload

@@ -207,7 +207,8 @@ class Forwarder:
         url = self.target + request.path + (f"?{request.query}" if request.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_FORWARD_HEADERS]
         try:
-            async with self.session.request(request.method, url, headers=headers, data=request.body or None,
+            body = await request.read()
+            async with self.session.request(request.method, url, headers=headers, data=body or None,
                                             allow_redirects=False) as resp:
                 body = await resp.read()
                 out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP_HEADERS]
@@ -258,7 +259,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
     forwarder = Forwarder(args.forward, urlsplit(address).path.strip('/'), args.verbose) if args.forward else None
 
     async def echo(request: RelayedHttpRequest) -> RelayedHttpResponse:
-        return RelayedHttpResponse(200, {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}, request.body)
+        return RelayedHttpResponse(200, {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}, await request.read())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,7 +11,10 @@ from typing import Any, Awaitable, Callable, Union
 from urllib.parse import urlsplit
 
 import aiohttp
+import websockets
 from aiohttp import WSMsgType
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_client_connect
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._frames import frames_supported, send_streamed_message, write_command
@@ -31,6 +34,7 @@ from .protocol import (
     RenewTokenCommand,
     RequestCommand,
     ResponseCommand,
+    decode_command,
     encode_command,
     filter_sb_hc_query,
     hc_url,
@@ -139,7 +143,11 @@ class HybridConnectionListener:
     * HTTP senders: ``request_handler(request)`` (sync or async) gets a
       :class:`RelayedHttpRequest` and returns a :class:`RelayedHttpResponse`. Exceptions answer
       500, a missing handler 501 (as .NET), and a handler slower than ``handler_timeout`` (55 s,
-      inside the service's 60 s deadline) answers 504.
+      inside the service's 60 s deadline) answers 504. By default the handler runs once the whole
+      body has arrived (``request.body`` is set). With ``stream_request_body=True`` it runs as soon
+      as the request line and headers are in, and reads large (rendezvous) bodies as they arrive
+      with ``async for chunk in request.iter_chunks()`` or ``await request.read()``; ``request.body``
+      then raises until ``read()`` has finished.
 
     The listener reconnects after any drop with .NET's backoff (0, 1, 2, 5, 10, 30 s ...), except
     when the hybrid connection does not exist (404): then it goes offline and ``last_error``
@@ -176,6 +184,7 @@ class HybridConnectionListener:
         on_online: Callable[[], Any] | None = None,
         on_offline: Callable[[], Any] | None = None,
         on_connecting: Callable[[], Any] | None = None,
+        stream_request_body: bool = False,
     ):
         self._address = parse_address(address, use_tls)
         self._provider = get_token_provider(credential)
@@ -192,6 +201,7 @@ class HybridConnectionListener:
         self.on_online = on_online
         self.on_offline = on_offline
         self.on_connecting = on_connecting
+        self.stream_request_body = stream_request_body
 
         self.state = ListenerState.IDLE
         self.last_error: BaseException | None = None
@@ -649,97 +659,192 @@ class HybridConnectionListener:
         command: RequestCommand,
         response: RelayedHttpResponse,
         control: aiohttp.ClientWebSocketResponse | None,
-        rendezvous: aiohttp.ClientWebSocketResponse | None = None,
     ) -> None:
-        body = response.body
-        text = isinstance(body, str)
-        if text:
-            body = body.encode("utf-8")  # type: ignore[union-attr]
-        elif body is None:
-            body = b""
-        streamed = not isinstance(body, (bytes, bytearray, memoryview))
-        head = encode_command(
-            ResponseCommand(
-                request_id=command.id,
-                status_code=response.status,
-                status_description=reason_phrase(response.status, response.reason),
-                response_headers=response_headers(response.headers, text),
-                body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
-            )
-        )
-        if rendezvous is None and not streamed and len(body) <= INLINE_LIMIT and control is not None and not control.closed:  # type: ignore[arg-type]
+        """Answer an inline request: on the control channel, or over a new rendezvous when large or streamed."""
+        head, body, streamed = _encode_response(command, response)
+        if not streamed and len(body) <= INLINE_LIMIT and control is not None and not control.closed:
             try:
                 if self._direct_writes:
-                    await write_command(control, head, body or None)  # type: ignore[arg-type]
+                    await write_command(control, head, body or None)
                     return
                 async with self._send_lock:
                     await control.send_str(head)
                     if body:
-                        await control.send_bytes(body)  # type: ignore[arg-type]
+                        await control.send_bytes(body)
                 return
             except (ConnectionError, aiohttp.ClientError, RuntimeError):
                 pass  # the control channel just dropped: the request's rendezvous address still works
-        own_socket = rendezvous is None
+        assert self._session is not None
+        rendezvous, status, reason = await asyncio.wait_for(
+            ws_connect(self._session, command.address, context="response rendezvous"), 20.0
+        )
         if rendezvous is None:
-            assert self._session is not None
-            rendezvous, status, reason = await asyncio.wait_for(
-                ws_connect(self._session, command.address, context="response rendezvous"), 20.0
-            )
-            if rendezvous is None:
-                raise ConnectionLostError(f"the response rendezvous was refused: {status} {reason}")
+            raise ConnectionLostError(f"the response rendezvous was refused: {status} {reason}")
         complete = False
         try:
             await rendezvous.send_str(head)
             if streamed:
-                await send_streamed_message(rendezvous, body)  # type: ignore[arg-type]
+                await send_streamed_message(rendezvous, body)
             elif body:
-                await rendezvous.send_bytes(body)  # type: ignore[arg-type]
+                await rendezvous.send_bytes(body)
             complete = True
         finally:
-            if own_socket or not complete:
-                # A body cut short (the handler's iterator failed) must not look complete: close with 1011.
-                await rendezvous.close(code=1000 if complete else 1011, message=b"Normal Closure" if complete else b"Response failed")
+            # A body cut short (the handler's iterator failed) must not look complete: close with 1011.
+            await rendezvous.close(code=1000 if complete else 1011, message=b"Normal Closure" if complete else b"Response failed")
+
+    async def _open_request_rendezvous(self, command: RequestCommand) -> ClientConnection | None:
+        """Open the request's rendezvous with ``websockets``, which (unlike aiohttp) can receive
+        a message fragment by fragment, so the body reaches the handler as it arrives."""
+        options: dict[str, Any] = {}
+        if command.address.lower().startswith("wss:"):
+            options["ssl"] = self._ssl
+        try:
+            return await ws_client_connect(
+                command.address,
+                compression=None,
+                max_size=None,
+                proxy=None,
+                user_agent_header=None,
+                open_timeout=20.0,
+                ping_interval=None,
+                close_timeout=10.0,
+                **options,
+            )
+        except websockets.InvalidStatus as exc:
+            _log.warning("request rendezvous for %s refused: %d %s", command.id, exc.response.status_code, exc.response.reason_phrase)
+        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            # Never the URL: its query holds the rendezvous secret.
+            _log.warning("request rendezvous for %s failed: %s", command.id, type(exc).__name__)
+        return None
 
     async def _serve_rendezvous_request(self, command: RequestCommand) -> None:
-        """Address-only request: fetch it over a rendezvous, answer there, close it (as .NET)."""
-        assert self._session is not None
-        try:
-            ws, status, reason = await asyncio.wait_for(ws_connect(self._session, command.address, context="request rendezvous"), 20.0)
-        except (RelayError, asyncio.TimeoutError) as exc:
-            _log.warning("request rendezvous for %s failed: %s", command.id, exc)
-            return
+        """Address-only request: fetch it over a rendezvous, answer there, close it (as .NET).
+
+        The handler starts as soon as the request JSON has arrived; the body (one binary
+        message, possibly in many fragments) streams to it through ``request.iter_chunks()``.
+        """
+        ws = await self._open_request_rendezvous(command)
         if ws is None:
-            _log.warning("request rendezvous for %s refused: %d %s", command.id, status, reason)
             return
+        body: _RendezvousBody | None = None
         try:
-            reader = CommandReader()
             while True:
-                msg = await asyncio.wait_for(ws.receive(), self._operation_timeout)
-                if msg.type is not _TEXT and msg.type is not _BINARY:
-                    return
-                result = reader.feed(msg.data)
-                if result is None:
-                    continue
-                full, body = result
-                if type(full) is not RequestCommand:
-                    continue
-                request = RelayedHttpRequest(
-                    full.method or "GET",
-                    full.request_target or "/",
-                    full.request_headers,
-                    body or b"",
-                    full.id,
-                    full.remote_endpoint,
-                    self._address.entity,
-                )
-                response = await self._invoke(request)
-                await self._respond(full, response, None, rendezvous=ws)
-                return
-        except (ProtocolError, asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, RelayError) as exc:
-            _log.warning("request %s over rendezvous failed: %s", command.id, exc)
-        finally:
-            if not ws.closed:
+                message = await asyncio.wait_for(ws.recv(), self._operation_timeout)
+                if not isinstance(message, str):
+                    continue  # a stray binary message: not a command
+                full = decode_command(message)
+                if type(full) is RequestCommand:
+                    break
+                if full.has_body:  # some other command with a body: skip both
+                    await asyncio.wait_for(ws.recv(), self._operation_timeout)
+            body = _RendezvousBody(ws) if full.has_body else None
+            request = RelayedHttpRequest(
+                full.method or "GET",
+                full.request_target or "/",
+                full.request_headers,
+                b"",
+                full.id,
+                full.remote_endpoint,
+                self._address.entity,
+                stream=body,
+            )
+            if body is not None and not self.stream_request_body:
+                # Default: the handler sees a complete request (``request.body`` valid); a body cut
+                # off mid-way never reaches it (ConnectionLostError, logged below).
+                await asyncio.wait_for(request.read(), self._operation_timeout)
+            response = await self._invoke(request)
+            head, payload, streamed = _encode_response(full, response)
+            await ws.send(head)
+            if streamed:
+                await ws.send(_fragments(payload))  # type: ignore[arg-type]
+            elif payload:
+                await ws.send(bytes(payload))  # type: ignore[arg-type]
+            if body is not None and not body.done:
+                # The handler did not read (all of) the body: discard the rest, then close.
                 try:
-                    await ws.close(code=1000, message=b"Normal Closure")
-                except Exception:
+                    await asyncio.wait_for(body.drain(), self._operation_timeout)
+                except (ConnectionLostError, asyncio.TimeoutError, RuntimeError, websockets.ConcurrencyError):
                     pass
+        except (ProtocolError, asyncio.TimeoutError, websockets.ConnectionClosed, ConnectionError, RelayError) as exc:
+            _log.warning("request %s over rendezvous failed: %s", command.id, type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc)
+        except Exception:
+            # e.g. a streamed response body whose iterator failed: websockets already closed with 1011.
+            _log.exception("request %s over rendezvous failed", command.id)
+        finally:
+            try:
+                await ws.close(code=1000, reason="Normal Closure")
+            except Exception:
+                pass
+
+
+def _encode_response(command: RequestCommand, response: RelayedHttpResponse) -> tuple[str, Any, bool]:
+    """The ``response`` JSON, the body (bytes, or an async iterable when streamed) and whether it is streamed."""
+    body = response.body
+    text = isinstance(body, str)
+    if text:
+        body = body.encode("utf-8")  # type: ignore[union-attr]
+    elif body is None:
+        body = b""
+    streamed = not isinstance(body, (bytes, bytearray, memoryview))
+    head = encode_command(
+        ResponseCommand(
+            request_id=command.id,
+            status_code=response.status,
+            status_description=reason_phrase(response.status, response.reason),
+            response_headers=response_headers(response.headers, text),
+            body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
+        )
+    )
+    return head, body, streamed
+
+
+async def _fragments(chunks: Any) -> Any:
+    """A streamed response body as websockets fragments: bytes only, no empty ones, at least one."""
+    sent = False
+    async for chunk in chunks:
+        if chunk:
+            sent = True
+            yield bytes(chunk)
+    if not sent:
+        yield b""  # websockets sends nothing for an empty iterable; the service awaits the body message
+
+
+class _RendezvousBody:
+    """The request body arriving on a rendezvous, fragment by fragment (one binary message).
+
+    Iterating yields the fragments as they arrive; a message cut off (the rendezvous closed:
+    the sender went away, or the service gave up) raises :class:`ConnectionLostError`.
+    """
+
+    __slots__ = ("_ws", "_fragments", "done")
+
+    def __init__(self, ws: ClientConnection):
+        self._ws = ws
+        self._fragments: Any = None
+        self.done = False
+
+    def __aiter__(self) -> _RendezvousBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.done:
+            raise StopAsyncIteration
+        if self._fragments is None:
+            self._fragments = self._ws.recv_streaming(decode=False)
+        try:
+            while True:
+                fragment = await self._fragments.__anext__()
+                if fragment:
+                    return fragment if isinstance(fragment, bytes) else bytes(fragment)
+        except StopAsyncIteration:
+            self.done = True
+            raise
+        except websockets.ConnectionClosed as exc:
+            self.done = True
+            rcvd = exc.rcvd
+            detail = f"{rcvd.code} {rcvd.reason}".strip() if rcvd is not None else "no close frame"
+            raise ConnectionLostError(f"the request body was cut off: the rendezvous closed ({detail})") from None
+
+    async def drain(self) -> None:
+        async for _ in self:
+            pass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
-from typing import Any, AsyncIterable, Iterable, Mapping, Union
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping, Union
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -24,11 +24,22 @@ class RelayedHttpRequest:
     ``sb-hc-*`` parameters removed, e.g. ``/orders/a?x=1``); ``path`` (relative to the entity,
     ``/a``); ``query`` (raw query string without ``?``, ``"x=1"``); ``query_params`` (decoded
     dict, first value wins); ``headers`` (case-insensitive; repeated headers arrive folded into
-    one comma-joined value); ``body`` (bytes, empty when there is none) or ``await read()``;
-    ``id`` (the service's request id); ``remote_endpoint`` (sender address and port, or ``None``).
+    one comma-joined value); ``id`` (the service's request id); ``remote_endpoint`` (sender
+    address and port, or ``None``).
+
+    The body: ``await read()`` returns all of it (waiting for the rest if it is still
+    arriving); ``async for chunk in request.iter_chunks()`` (or ``request.stream``) yields it
+    piece by piece *as it arrives*, without keeping it. Requests the service delivers over a
+    rendezvous (bodies over 64 KiB, chunked or of unknown length) are still streaming when the
+    handler starts: for them ``body``, ``text()`` and ``json()`` work only after
+    ``await read()`` (before that they raise :class:`RuntimeError`). Small inline requests
+    arrive whole, so ``body`` works at once. Consume the body once: either ``read()`` or
+    ``iter_chunks()``. If the sender goes away mid-body, ``read()`` / ``iter_chunks()`` raise
+    :class:`~relay.errors.ConnectionLostError`. A body the handler does not read is discarded.
     """
 
-    __slots__ = ("method", "target", "path", "query", "body", "id", "remote_endpoint", "_raw_headers", "_headers")
+    __slots__ = ("method", "target", "path", "query", "_body", "_stream", "_streaming", "id", "remote_endpoint",
+                 "_raw_headers", "_headers")
 
     def __init__(
         self,
@@ -39,6 +50,7 @@ class RelayedHttpRequest:
         id: str,
         remote_endpoint: RemoteEndpoint | None,
         entity: str,
+        stream: AsyncIterable[bytes] | None = None,
     ):
         self.method = method
         self.target = target
@@ -49,9 +61,25 @@ class RelayedHttpRequest:
         self.path = path or "/"
         self._raw_headers = headers or {}
         self._headers: CIMultiDictProxy[str] | None = None
-        self.body = body
+        self._body = body
+        self._stream = stream  # None once the whole body is in ``_body``
+        self._streaming = False  # read() or iter_chunks() has taken the stream
         self.id = id
         self.remote_endpoint = remote_endpoint
+
+    @property
+    def body(self) -> bytes:
+        """The whole body; for a body still streaming, only after ``await read()``."""
+        if self._stream is not None:
+            if self._streaming:
+                raise RuntimeError("the request body was consumed by iter_chunks() (or read() has not finished)")
+            raise RuntimeError("the request body is still streaming: call `await request.read()` first, or use iter_chunks()")
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self._body = value
+        self._stream = None
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -65,19 +93,50 @@ class RelayedHttpRequest:
         return query_params(self.query)
 
     async def read(self) -> bytes:
-        """The whole body (already received when the handler runs)."""
-        return self.body
+        """The whole body, waiting for the rest of it when it is still arriving."""
+        stream = self._stream
+        if stream is None:
+            return self._body
+        if self._streaming:
+            raise RuntimeError("the request body was already consumed by iter_chunks()")
+        self._streaming = True
+        parts = bytearray()
+        async for chunk in stream:
+            parts += chunk
+        self._body = bytes(parts)
+        self._stream = None
+        return self._body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body piece by piece as it arrives (nothing is kept; no empty pieces)."""
+        stream = self._stream
+        if stream is None:
+            if self._body:
+                yield self._body
+            return
+        if self._streaming:
+            raise RuntimeError("the request body was already consumed")
+        self._streaming = True
+        async for chunk in stream:
+            if chunk:
+                yield chunk
+
+    @property
+    def stream(self) -> AsyncIterator[bytes]:
+        """Same as :meth:`iter_chunks` (``async for chunk in request.stream``)."""
+        return self.iter_chunks()
 
     def text(self, encoding: str = "utf-8") -> str:
-        """The body decoded (UTF-8 by default)."""
+        """The body decoded (UTF-8 by default); see :attr:`body`."""
         return self.body.decode(encoding, errors="replace")
 
     def json(self) -> Any:
-        """The body parsed as JSON."""
+        """The body parsed as JSON; see :attr:`body`."""
         return json.loads(self.body)
 
     def __repr__(self) -> str:
-        return f"<RelayedHttpRequest {self.method} {self.target} id={self.id!r} body={len(self.body)} bytes>"
+        size = "streaming" if self._stream is not None else f"{len(self._body)} bytes"
+        return f"<RelayedHttpRequest {self.method} {self.target} id={self.id!r} body={size}>"
 
 
 BodyType = Union[bytes, bytearray, memoryview, str, AsyncIterable[bytes], None]

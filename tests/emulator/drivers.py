@@ -76,6 +76,7 @@ class TestListener:
         self.accepts = 0
         self.rendezvous_requests = 0  # requests that arrived address-only and were fetched over a rendezvous
         self.requests: list[tuple[p.RequestCommand, bytes | None]] = []
+        self.cut_off: list[int | None] = []  # close codes of rendezvous requests whose body was cut off
         self.ws: ClientConnection | None = None
         self.closed: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
@@ -138,8 +139,13 @@ class TestListener:
             async with ws_connect(self.emu, command.address) as rdv:
                 reader = p.CommandReader()
                 item = None
-                while item is None:
-                    item = reader.feed(await rdv.recv())
+                try:
+                    while item is None:
+                        item = reader.feed(await rdv.recv())
+                except websockets.ConnectionClosed:
+                    rcvd = rdv.protocol.close_rcvd
+                    self.cut_off.append(rcvd.code if rcvd else None)
+                    return
                 full, full_body = item
                 assert isinstance(full, p.RequestCommand)
                 self.rendezvous_requests += 1

@@ -110,6 +110,20 @@ async def test_oversized_frames(fast_emulator):
         status, reason, _ = await _http(emu, "POST", "/orders", big, {p.HEADER_TOKEN: token})
         assert status == 413 and "TrackingId:" in reason
     await watch.wait_for("413")
+    # A chunked body (length unknown up front) streams to the listener's rendezvous until it
+    # passes the limit: then that rendezvous is closed with 1009 and the sender gets 413.
+    async def chunked():
+        for _ in range(4):
+            yield b"y" * (MAX // 3)
+
+    async with TestListener(emu, "orders", token) as listener:
+        status, _reason, _ = await _http(emu, "POST", "/orders", chunked(), {p.HEADER_TOKEN: token})
+        assert status == 413
+        for _ in range(50):
+            if listener.cut_off:
+                break
+            await asyncio.sleep(0.05)
+        assert listener.cut_off == [1009]
     await round_trip(emu)
 
 
@@ -213,7 +227,10 @@ async def test_http_sender_disconnects_mid_body(fast_emulator, declared):
         await asyncio.to_thread(_raw_http, emu.port, head, b"z" * 100)
         await watch.wait_for("disconnected before sending the whole body")
         await asyncio.sleep(0.2)
-        assert listener.requests == []  # the half request never reached the listener
+        assert listener.requests == []  # the half request never reached the listener as a whole
+        if declared > p.INLINE_LIMIT:
+            # Rendezvous form: the body streamed as it came, and the rendezvous was closed mid-message.
+            assert listener.cut_off == [1011]
     await round_trip(emu)
 
 

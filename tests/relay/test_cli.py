@@ -42,7 +42,7 @@ async def test_token_with_managed_identity_via_default_credential(emulator):
 
 async def test_send_http_and_ws_and_errors(emulator, tmp_path):
     async def handler(request):
-        return RelayedHttpResponse(201, body=b"got " + request.body + b" at " + request.path.encode())
+        return RelayedHttpResponse(201, body=b"got " + (await request.read()) + b" at " + request.path.encode())
 
     async with make_listener(emulator, request_handler=handler) as listener:
         async def echo():

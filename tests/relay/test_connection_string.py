@@ -105,7 +105,7 @@ async def test_development_emulator_form_against_the_emulator(emulator, monkeypa
     dev = f";UseDevelopmentEmulator=true;TrustedCaFile={emulator.ca_cert}"
 
     async def handler(request):
-        return RelayedHttpResponse(200, body=b"hello " + request.body)
+        return RelayedHttpResponse(200, body=b"hello " + (await request.read()))
 
     async def round_trip(listen_cs: str, send_cs: str) -> bytes:
         async with HybridConnectionListener.from_connection_string(listen_cs, request_handler=handler) as listener, \

@@ -29,8 +29,8 @@ async def echo_handler(request):
     return RelayedHttpResponse(
         200,
         {"X-Method": request.method, "X-Path": request.path, "X-Query": request.query, "X-Target": request.target,
-         "X-Custom": request.headers.get("x-custom", ""), "X-Length": str(len(request.body))},
-        request.body,
+         "X-Custom": request.headers.get("x-custom", ""), "X-Length": str(len((await request.read())))},
+        (await request.read()),
     )
 
 
@@ -88,7 +88,7 @@ async def test_streamed_bodies(emulator, client):
 
     async def handler(request):
         async def gen():
-            for part in (request.body[:300_000], request.body[300_000:]):
+            for part in ((await request.read())[:300_000], (await request.read())[300_000:]):
                 yield part
         return RelayedHttpResponse(200, {"Content-Type": "application/octet-stream"}, gen())
 
@@ -100,7 +100,7 @@ async def test_streamed_bodies(emulator, client):
 
 async def test_thousand_concurrent_requests(emulator):
     async def handler(request):
-        return RelayedHttpResponse(200, body=request.body)
+        return RelayedHttpResponse(200, body=(await request.read()))
 
     async with make_listener(emulator, request_handler=handler), make_client(emulator, max_connections=50) as client:
         async def one(i):
@@ -210,7 +210,7 @@ async def test_sender_that_disconnects_mid_body(emulator, client):
     calls = []
 
     async def handler(request):
-        calls.append(len(request.body))
+        calls.append(len((await request.read())))
         return RelayedHttpResponse(200, body=b"ok")
 
     async with make_listener(emulator, request_handler=handler) as listener:

@@ -28,7 +28,7 @@ def mi(emulator, name: str | None) -> ManagedIdentityCredential:
 async def test_listener_and_sender_with_managed_identities(emulator, identity_env):
     async with mi(emulator, "listener") as listen_cred, mi(emulator, "sender") as send_cred:
         async def handler(request):
-            return RelayedHttpResponse(200, body=b"hi " + request.body)
+            return RelayedHttpResponse(200, body=b"hi " + (await request.read()))
 
         async with make_listener(emulator, credential=listen_cred, request_handler=handler), \
                 make_client(emulator, credential=send_cred) as client:

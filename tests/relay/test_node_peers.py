@@ -45,7 +45,7 @@ async def test_node_https_sender_to_our_listener(emulator):
     async def handler(request):
         return RelayedHttpResponse(
             200, {"Content-Type": "application/octet-stream", "X-Path": request.path, "X-Custom": request.headers.get("X-Custom", "")},
-            request.body,
+            (await request.read()),
         )
 
     async with make_listener(emulator, request_handler=handler):

@@ -123,7 +123,7 @@ async def service():
 
 
 async def echo(request):
-    return RelayedHttpResponse(200, {"X-Target": request.target}, b"echo:" + request.body)
+    return RelayedHttpResponse(200, {"X-Target": request.target}, b"echo:" + (await request.read()))
 
 
 async def test_garbage_on_the_control_channel_is_ignored(service):
@@ -188,7 +188,7 @@ async def test_broken_request_rendezvous(service, script):
     calls = []
 
     async def handler(request):
-        calls.append(request.body)
+        calls.append((await request.read()))
         return RelayedHttpResponse(200, body=b"ok")
 
     listener = HybridConnectionListener(service.address, None, request_handler=handler, operation_timeout=2.0)

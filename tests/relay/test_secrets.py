@@ -77,7 +77,7 @@ async def test_no_secret_in_logs_or_errors_during_a_full_session(emulator, monke
             async def handler(request):
                 if request.path == "/boom":
                     raise RuntimeError("handler failure")
-                return RelayedHttpResponse(200, body=request.body)
+                return RelayedHttpResponse(200, body=(await request.read()))
 
             def on_accept(ctx):
                 return ctx.headers.get("X-Ok") == "1"
