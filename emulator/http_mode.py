@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -28,6 +27,7 @@ import aiohttp.http_exceptions
 from aiohttp import WSMsgType, web
 
 from relay import protocol as p
+from relay._frames import BINARY, CONTINUATION, encode_frame
 
 from .auth import SEND, AuthError
 from .listeners import Listener, NoListener
@@ -295,7 +295,7 @@ class HttpMode:
         assert writer is not None
         transport, protocol = writer.transport, writer.protocol
         limit = self.server.config.max_message_bytes
-        opcode, total = _BINARY, 0
+        opcode, total = BINARY, 0
         try:
             async for chunk in pending.source.iter_chunked(_STREAM_CHUNK):
                 if not chunk:
@@ -309,12 +309,12 @@ class HttpMode:
                     return
                 if transport is None or transport.is_closing():
                     return  # the listener went away; the rendezvous handler reports it
-                transport.write(_frame(chunk, opcode, False))
-                opcode = _CONTINUATION
+                transport.write(encode_frame(chunk, opcode, False, mask=False))
+                opcode = CONTINUATION
                 if protocol.writing_paused:
                     await protocol._drain_helper()  # noqa: SLF001 - flow control, as aiohttp's own writer
             if transport is not None and not transport.is_closing():
-                transport.write(_frame(b"", opcode, True))
+                transport.write(encode_frame(b"", opcode, True, mask=False))
             pending.pump_socket = None  # the message is complete
         except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
             log.info("HTTP sender on %s disconnected before sending the whole body (%s); closing the rendezvous of %s with 1011",
@@ -341,20 +341,3 @@ class HttpMode:
             with contextlib.suppress(Exception):
                 await ws.close(code=1000 if answered else 1011,
                                message=b"Normal Closure" if answered else b"The request was abandoned.")
-
-
-_BINARY = 0x2
-_CONTINUATION = 0x0
-
-
-def _frame(payload: bytes, opcode: int, fin: bool) -> bytes:
-    """One unmasked WebSocket frame (server to client)."""
-    first = (0x80 if fin else 0) | opcode
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", first, length)
-    elif length < 65536:
-        header = struct.pack("!BBH", first, 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 127, length)
-    return header + payload

@@ -28,19 +28,24 @@ def _mask_key() -> bytes:
     return _random_bits(32).to_bytes(4, "big")
 
 
-_BINARY = 0x2
-_CONTINUATION = 0x0
+BINARY = 0x2
+CONTINUATION = 0x0
+_TEXT = 0x1
 
 
-def _frame(payload: bytes, opcode: int, fin: bool) -> bytes:
+def encode_frame(payload: bytes, opcode: int, fin: bool, *, mask: bool = True) -> bytes:
+    """One WebSocket frame. Clients mask (``mask=True``); a server (the emulator) must not."""
     first = (0x80 if fin else 0) | opcode
+    bit = 0x80 if mask else 0
     length = len(payload)
     if length < 126:
-        header = struct.pack("!BB", first, 0x80 | length)
+        header = struct.pack("!BB", first, bit | length)
     elif length < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
+        header = struct.pack("!BBH", first, bit | 126, length)
     else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
+        header = struct.pack("!BBQ", first, bit | 127, length)
+    if not mask:
+        return header + payload
     key = _mask_key()
     data = bytearray(payload)
     _mask(key, data)  # type: ignore[misc]
@@ -60,7 +65,7 @@ async def send_streamed_message(ws: aiohttp.ClientWebSocketResponse, chunks: Asy
         await ws.send_bytes(bytes(body))
         return len(body)
     total = 0
-    opcode = _BINARY
+    opcode = BINARY
     pending: bytes | None = None
     async for chunk in chunks:
         if not chunk:
@@ -68,19 +73,16 @@ async def send_streamed_message(ws: aiohttp.ClientWebSocketResponse, chunks: Asy
         if pending is not None:
             if transport.is_closing():
                 raise ConnectionResetError("the rendezvous socket closed while streaming the body")
-            transport.write(_frame(pending, opcode, False))
-            opcode = _CONTINUATION
+            transport.write(encode_frame(pending, opcode, False))
+            opcode = CONTINUATION
             if protocol.writing_paused:  # type: ignore[union-attr]
                 await drain()
         pending = bytes(chunk)
         total += len(pending)
     if transport.is_closing():
         raise ConnectionResetError("the rendezvous socket closed while streaming the body")
-    transport.write(_frame(pending or b"", opcode, True))
+    transport.write(encode_frame(pending or b"", opcode, True))
     return total
-
-
-_TEXT = 0x1
 
 
 def frames_supported(ws: aiohttp.ClientWebSocketResponse) -> bool:
@@ -100,9 +102,9 @@ async def write_command(ws: aiohttp.ClientWebSocketResponse, text: str, body: by
     transport = writer.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("the control channel is closed")
-    data = _frame(text.encode("utf-8"), _TEXT, True)
+    data = encode_frame(text.encode("utf-8"), _TEXT, True)
     if body is not None:
-        data += _frame(body, _BINARY, True)
+        data += encode_frame(body, BINARY, True)
     transport.write(data)
     if writer.protocol.writing_paused:
         await writer.protocol._drain_helper()
