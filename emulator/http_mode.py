@@ -114,11 +114,7 @@ class HttpMode:
                 return srv.error(exc.status, exc.message, host, entity)
 
         try:
-            listener = srv.listeners.pick(
-                entity,
-                request.headers.get(p.HEADER_ALLOWED_LISTENERS),
-                request.headers.get(p.HEADER_DISALLOWED_LISTENERS),
-            )
+            listener = srv.pick_listener(request, entity)
         except NoListener as exc:
             status = cfg.no_listener_http_status if exc.message == p.MSG_NO_LISTENERS else 404
             return srv.error(status, exc.message, host, entity)

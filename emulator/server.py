@@ -90,6 +90,17 @@ class RelayServer:
             receive_timeout=idle_timeout,
         )
 
+    def pick_listener(self, request: web.Request, entity: str):
+        """A random listener for a sender (WebSocket or HTTP), honouring Allowed/DisallowedListeners.
+
+        Raises :class:`NoListener` when none is connected or none passes the filter.
+        """
+        return self.listeners.pick(
+            entity,
+            request.headers.get(p.HEADER_ALLOWED_LISTENERS),
+            request.headers.get(p.HEADER_DISALLOWED_LISTENERS),
+        )
+
     def error(self, status: int, message: str, host: str, entity: str) -> web.Response:
         """An HTTP error in the service's style; the text goes in the reason phrase and the XML body."""
         reason = p.service_reason(message, f"sb://{host}/{entity}")
@@ -248,11 +259,7 @@ class RelayServer:
             except AuthError as exc:
                 return self.error(exc.status, exc.message, host, entity)
         try:
-            listener = self.listeners.pick(
-                entity,
-                request.headers.get(p.HEADER_ALLOWED_LISTENERS),
-                request.headers.get(p.HEADER_DISALLOWED_LISTENERS),
-            )
+            listener = self.pick_listener(request, entity)
         except NoListener as exc:
             return self.error(404, exc.message, host, entity)
 

@@ -42,6 +42,16 @@ def _listener_header(ids: str | Iterable[str] | None) -> str | None:
     return ",".join(str(i) for i in ids)
 
 
+def _add_sender_headers(headers: Any, token: Any, allowed: Any, disallowed: Any) -> None:
+    """The token and the AllowedListeners/DisallowedListeners headers every send carries."""
+    if token is not None:
+        headers[HEADER_TOKEN] = token.token
+    for name, ids in ((HEADER_ALLOWED_LISTENERS, allowed), (HEADER_DISALLOWED_LISTENERS, disallowed)):
+        value = _listener_header(ids)
+        if value:
+            headers[name] = value
+
+
 class RelayHttpResponse:
     """An HTTP response relayed from a listener (or produced by the service for 2xx/3xx).
 
@@ -262,14 +272,7 @@ class HybridConnectionClient:
             timeout = self._timeout
         token = await self._provider.get_token(self._address.sb_uri)
         hdrs: CIMultiDict[str] = CIMultiDict(headers) if headers else CIMultiDict()
-        if token is not None:
-            hdrs[HEADER_TOKEN] = token.token
-        allowed = _listener_header(allowed_listeners)
-        if allowed:
-            hdrs[HEADER_ALLOWED_LISTENERS] = allowed
-        disallowed = _listener_header(disallowed_listeners)
-        if disallowed:
-            hdrs[HEADER_DISALLOWED_LISTENERS] = disallowed
+        _add_sender_headers(hdrs, token, allowed_listeners, disallowed_listeners)
         url = self._base_url if path in ("/", "") else self._address.entity_http_url(path)
         if isinstance(body, str):
             data: Any = body.encode("utf-8")
@@ -351,14 +354,7 @@ class HybridConnectionClient:
         hdrs: dict[str, str] = {HEADER_USER_AGENT: self._user_agent}
         if headers:
             hdrs.update(headers)
-        if token is not None:
-            hdrs[HEADER_TOKEN] = token.token
-        allowed = _listener_header(allowed_listeners)
-        if allowed:
-            hdrs[HEADER_ALLOWED_LISTENERS] = allowed
-        disallowed = _listener_header(disallowed_listeners)
-        if disallowed:
-            hdrs[HEADER_DISALLOWED_LISTENERS] = disallowed
+        _add_sender_headers(hdrs, token, allowed_listeners, disallowed_listeners)
         context = f"connect to {self.address}"
         try:
             async with asyncio.timeout(timeout):
