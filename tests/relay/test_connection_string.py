@@ -70,8 +70,8 @@ def test_emulator_form_configures_the_client():
     text = ("Endpoint=sb://127.0.0.1:8443/;EntityPath=orders;SharedAccessKeyName=k;SharedAccessKey=v;"
             "UseDevelopmentEmulator=true;TrustedCaFile=/nonexistent/ca.pem")
     cs = parse_connection_string(text)
-    assert cs.use_development_emulator and cs.client_kwargs() == {"connection_verify": "/nonexistent/ca.pem"}
-    with pytest.raises(FileNotFoundError):  # the CA file is loaded for real
+    assert cs.use_development_emulator and cs.trusted_ca_file == "/nonexistent/ca.pem"
+    with pytest.raises(FileNotFoundError, match="the CA file /nonexistent/ca.pem does not exist"):
         HybridConnectionClient.from_connection_string(text)
 
 
