@@ -33,7 +33,9 @@ log = logging.getLogger("emulator")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m emulator", description=__doc__.splitlines()[0])
+    # The console script (pip install hybridconnections-emulator) or python -m emulator in this repository.
+    prog = "relay-emulator" if os.path.basename(sys.argv[0] or "") == "relay-emulator" else "python -m emulator"
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, help="JSON config file (default: a generated local-dev namespace)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=0, help="Relay port, WebSocket and HTTP (0 = any free port)")

@@ -39,6 +39,7 @@ from ._loop import run as run_loop
 from .client import HybridConnectionClient
 from .connection_string import parse_connection_string
 from .credentials import close_credential, get_token_provider
+from . import __version__
 from ._hints import cli_hint, missing_identity_message, summarize_credential_failure
 from .connection_string import resolve_ca_file
 from .errors import EndpointNotFoundError, RelayError
@@ -377,8 +378,10 @@ def forward_url(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m relay", description="Azure Relay Hybrid Connections from the command line.")
+    prog = "relay" if os.path.basename(sys.argv[0] or "") == "relay" else "python -m relay"  # the console script, or -m
+    parser = argparse.ArgumentParser(prog=prog, description="Azure Relay Hybrid Connections from the command line.")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each relayed request and library warnings")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (hybridconnections)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
