@@ -118,6 +118,10 @@ def cli_hint(error: RelayError, *, kind: str | None, action: str, address: str =
         if "certificate verify failed" in text or "certificate_verify_failed" in text:
             return ("the server's TLS certificate is not trusted: for the local emulator pass --ca-file with its ca.pem "
                     "(or TrustedCaFile=/abs/path/ca.pem;UseDevelopmentEmulator=true in the connection string)")
+        plain = parts is not None and parts.scheme.lower() in ("ws", "http")
+        if plain and ("server disconnected" in text or "connection reset" in text):
+            return (f"TLS mismatch: {address} is plain text (ws://), but {host} closed the connection at once, as a "
+                    f"TLS server does: use sb://{host}/{entity} (an emulator started without --no-tls, or Azure)")
         closed = re.search(r"relayed connection was closed with (\d+)", text)
         if closed or "relayed connection" in text:
             code = closed.group(1) if closed else "no close frame"

@@ -275,6 +275,14 @@ async def test_sb_address_against_a_no_tls_emulator_names_the_tls_mismatch():
             assert f"ws://127.0.0.1:{plain.port}/orders" in err and "--no-tls" in err
 
 
+async def test_ws_address_against_a_tls_emulator_names_the_tls_mismatch(emulator):
+    for extra in ([], ["--ws"]):
+        code, _, err = await cli("send", f"ws://127.0.0.1:{emulator.port}/orders", "--sas-key-name", ROOT_RULE,
+                                 "--data", "x", *extra, env=sas_env(emulator))
+        assert code == 1 and "hint: TLS mismatch" in err, err
+        assert f"use sb://127.0.0.1:{emulator.port}/orders" in err
+
+
 async def test_http_send_ends_with_a_newline_on_a_terminal_and_json_output(emulator, tmp_path):
     import json
     import pty
