@@ -1,12 +1,14 @@
 """Install the two wheels like a user and use them from outside the repository.
 
-What happens, in one module-scoped fixture (about 20-30 s on two cores):
+What happens (module-scoped fixtures; the whole file takes about 20-40 s on two cores):
 
 1. ``python -m build --wheel --no-isolation`` builds ``hybridconnections`` (repository root) and
    ``hybridconnections-emulator`` (packaging/emulator) with the shared venv's pinned hatchling, so
    no build backend is downloaded.
-2. ``python -m venv`` makes a fresh venv in a temporary directory outside the repository, and its
-   own pip installs both wheels (``--no-index --no-deps``).
+2. ``python -m venv --without-pip`` makes a fresh venv in a temporary directory outside the
+   repository, and pip installs both wheels into it (``pip --python VENV/bin/python install
+   --no-index --no-deps``: the shared venv's pinned pip, because bootstrapping a pip into every
+   fresh venv with ensurepip took 7-20 s of the test's time on two busy cores).
 3. Dependencies: a user's pip would download aiohttp, azure-identity and the rest from PyPI. To stay
    offline and fast, the fresh venv instead sees the shared venv's site-packages (already
    installed from the pinned requirements files) through a ``.pth`` file, which Python appends
@@ -15,7 +17,10 @@ What happens, in one module-scoped fixture (about 20-30 s on two cores):
    then verifies that every requirement the wheels declare (the base ones and the ``identity``,
    ``fast`` and ``agent`` extras) is satisfied by the pinned versions, i.e. that the ranges in
    pyproject.toml admit the pins in requirements*.txt.
-4. From a temporary working directory, with ``PYTHONPATH`` unset: ``relay --version``; the
+4. A second fresh venv sees the same dependencies minus azure-identity (a folder of symlinks that
+   leaves out ``azure/identity`` and its dist-info): the library without the ``identity`` extra,
+   where SAS works and Entra ID says which extra to install.
+5. From a temporary working directory, with ``PYTHONPATH`` unset: ``relay --version``; the
    ``relay-emulator`` command (TLS, its generated namespace); ``relay token`` and ``relay send``
    / ``relay listen`` with the connection string the emulator printed, as printed; and a short
    library script (listener + client round trip, SAS and managed identity).
@@ -44,6 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 DISTRIBUTIONS = {"hybridconnections": REPO, "hybridconnections-emulator": REPO / "packaging" / "emulator"}
 
 pytestmark = pytest.mark.slow
+TIMINGS: dict[str, float] = {}
 
 
 def _run(args: list, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
@@ -52,26 +58,81 @@ def _run(args: list, timeout: float = 120, **kwargs) -> subprocess.CompletedProc
     return proc
 
 
+def _fresh_venv(venv: Path, dependencies: Path, wheels: list[Path]) -> None:
+    """A new venv with ``wheels`` installed by pip; ``dependencies`` is appended to its path by a .pth file."""
+    _run([sys.executable, "-m", "venv", "--without-pip", venv])
+    py = venv / "bin" / "python"
+    site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    (site / "zz_pinned_dependencies.pth").write_text(f"{dependencies}\n")
+    _run([sys.executable, "-m", "pip", "--python", py, "install", "--no-index", "--no-deps",
+          "--disable-pip-version-check", *wheels])
+
+
+def _user_env(venv: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RELAY_CONNECTION_STRING", "RELAY_SAS_KEY")
+           and not k.startswith(("IDENTITY_", "MSI_", "AZURE_"))}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """``(venv, workdir, env, wheels, seconds)``: both wheels installed into a fresh venv outside the repo."""
+def built(tmp_path_factory) -> Path:
+    """A temporary folder outside the repository with ``wheels/`` holding both freshly built wheels."""
     started = time.monotonic()
     root = tmp_path_factory.mktemp("user")
     assert REPO not in root.parents
-    wheels = root / "wheels"
     for source in DISTRIBUTIONS.values():
-        _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", wheels, source], cwd=root)
-    venv = root / "venv"
-    _run([sys.executable, "-m", "venv", venv])
-    py = venv / "bin" / "python"
-    site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    (site / "zz_pinned_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([py, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check", *sorted(wheels.glob("*.whl"))])
-    work = root / "work"
+        _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", root / "wheels", source], cwd=root)
+    TIMINGS["build both wheels"] = time.monotonic() - started
+    return root
+
+
+@pytest.fixture(scope="module")
+def installed(built):
+    """``(venv, workdir, env, wheels, seconds)``: both wheels installed into a fresh venv outside the repo."""
+    started = time.monotonic()
+    wheels = built / "wheels"
+    venv = built / "venv"
+    _fresh_venv(venv, Path(sysconfig.get_paths()["purelib"]), sorted(wheels.glob("*.whl")))
+    work = built / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RELAY_CONNECTION_STRING")}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    yield venv, work, env, wheels, time.monotonic() - started
+    TIMINGS["fresh venv + pip install"] = time.monotonic() - started
+    yield venv, work, _user_env(venv), wheels, TIMINGS["fresh venv + pip install"]
+
+
+def test_without_the_identity_extra_sas_works_and_entra_names_the_extra(built):
+    """The library alone (no azure-identity at all): SAS tokens sign locally; Entra ID says what to install."""
+    shared = Path(sysconfig.get_paths()["purelib"])
+    deps = built / "deps-without-identity"
+    deps.mkdir()
+    for entry in shared.iterdir():
+        if entry.name.lower().startswith("azure_identity"):
+            continue
+        if entry.name == "azure":  # a namespace package: keep every azure.* but identity
+            (deps / "azure").mkdir()
+            for item in entry.iterdir():
+                if item.name != "identity":
+                    (deps / "azure" / item.name).symlink_to(item)
+        else:
+            (deps / entry.name).symlink_to(entry)
+    venv = built / "venv-without-identity"
+    _fresh_venv(venv, deps, sorted((built / "wheels").glob("hybridconnections-*.whl")))
+    work = built / "work-without-identity"
+    work.mkdir()
+    env = _user_env(venv)
+    probe = subprocess.run([venv / "bin" / "python", "-c", "import azure.identity"], cwd=work, env=env,
+                           capture_output=True, text=True)
+    assert probe.returncode == 1 and "No module named 'azure.identity'" in probe.stderr
+
+    sas = _run(["relay", "token", "sb://127.0.0.1:9/orders", "--sas-key-name", "send-orders"], cwd=work,
+               env={**env, "RELAY_SAS_KEY": "a-key"}).stdout
+    assert "SAS key 'send-orders'" in sas and "expires:" in sas
+    for args in (["token", "sb://127.0.0.1:9/orders"],
+                 ["token", "--connection-string", "Endpoint=sb://127.0.0.1:9/;EntityPath=orders;Authentication=Managed Identity"]):
+        proc = subprocess.run(["relay", *args], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr
+        assert "needs the azure-identity package, which is not installed: pip install 'hybridconnections[identity]'" in proc.stderr
 
 
 def test_wheels_hold_the_packages_commands_and_ranges(installed):
@@ -181,7 +242,8 @@ def test_relay_and_emulator_commands_from_any_directory(installed):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
-    print(f"\nbuild + fresh venv + install: {seconds:.1f} s")
+    sizes = ", ".join(f"{w.name} {w.stat().st_size / 1024:.0f} KiB" for w in sorted(installed[3].glob("*.whl")))
+    print("\n" + ", ".join(f"{k}: {v:.1f} s" for k, v in TIMINGS.items()) + f"; {sizes}")
 
 
 def _funcignore_excludes(path: str) -> bool:
