@@ -35,13 +35,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ._loop import run as run_loop
-from .client import HybridConnectionClient
-from .connection_string import parse_connection_string
-from .credentials import close_credential, get_token_provider
 from . import __version__
 from ._hints import cli_hint, missing_identity_message, summarize_credential_failure
-from .connection_string import resolve_ca_file
+from ._loop import run as run_loop
+from .client import HybridConnectionClient
+from .connection_string import parse_connection_string, resolve_ca_file
+from .credentials import close_credential, get_token_provider
 from .errors import EndpointNotFoundError, RelayError
 from .listener import HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
 from .protocol import HOP_BY_HOP_HEADERS
@@ -98,7 +97,8 @@ def _default_credential() -> Any:
     try:
         from azure.identity.aio import DefaultAzureCredential
     except ImportError:
-        raise CliError(missing_identity_message("Without --connection-string or --sas-key-name, Entra ID (DefaultAzureCredential)")) from None
+        raise CliError(missing_identity_message(
+            "Without --connection-string or --sas-key-name, Entra ID (DefaultAzureCredential)")) from None
 
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
