@@ -1,4 +1,4 @@
-"""``python -m relay``: listen (reverse proxy to a local service), send, and inspect tokens.
+"""``relay`` (installed command; ``python -m relay`` in this repository): listen (reverse proxy to a local service), send, and inspect tokens.
 
 Examples::
 
