@@ -6,7 +6,7 @@ everything (in reverse order). Child logs go to ``.local/logs/``.
 
 The defaults are fixed (Azurite 10000-10002, the emulator on RELAY_NAMESPACE's port, the host on
 Host.LocalHttpPort, the echo on 8080, state in ``.local/``); ``--local-dir``, ``--azurite-ports``,
-``--relay-port``, ``--host-port`` and ``--echo-port`` (or env ``DEVHOST_RUN_LOCAL_DIR``,
+``--relay-port``, ``--identity-port``, ``--host-port`` and ``--echo-port`` (or env ``DEVHOST_RUN_LOCAL_DIR``,
 ``DEVHOST_RUN_AZURITE_PORTS``, ``DEVHOST_RUN_RELAY_PORT``, ``DEVHOST_RUN_HOST_PORT``,
 ``DEVHOST_RUN_ECHO_PORT``) change them; port 0 picks a free port. Azurite on other than its
 default ports gets a random account key, and the host gets its full connection string instead of
