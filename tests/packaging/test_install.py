@@ -2,9 +2,10 @@
 
 What happens (module-scoped fixtures; the whole file takes about 20-40 s on two cores):
 
-1. ``python -m build --wheel --no-isolation`` builds ``hybridconnections`` (repository root) and
-   ``hybridconnections-emulator`` (packaging/emulator) with the shared venv's pinned hatchling, so
-   no build backend is downloaded.
+1. ``python -m build --no-isolation`` builds ``hybridconnections`` (repository root) and
+   ``hybridconnections-emulator`` (packaging/emulator) as sdists and then wheels FROM those sdists
+   (so both ways of building work), with the shared venv's pinned hatchling: no build backend is
+   downloaded.
 2. ``python -m venv --without-pip`` makes a fresh venv in a temporary directory outside the
    repository, and pip installs both wheels into it (``pip --python VENV/bin/python install
    --no-index --no-deps``: the shared venv's pinned pip, because bootstrapping a pip into every
@@ -83,8 +84,8 @@ def built(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("user")
     assert REPO not in root.parents
     for source in DISTRIBUTIONS.values():
-        _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", root / "wheels", source], cwd=root)
-    TIMINGS["build both wheels"] = time.monotonic() - started
+        _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", root / "wheels", source], cwd=root)
+    TIMINGS["build both sdists and wheels"] = time.monotonic() - started
     return root
 
 
@@ -137,8 +138,9 @@ def test_without_the_identity_extra_sas_works_and_entra_names_the_extra(built):
 
 def test_wheels_hold_the_packages_commands_and_ranges(installed):
     venv, work, env, wheels, _ = installed
-    names = sorted(w.name for w in wheels.glob("*.whl"))
-    assert names == ["hybridconnections-0.1.0-py3-none-any.whl", "hybridconnections_emulator-0.1.0-py3-none-any.whl"]
+    names = sorted(w.name for w in wheels.iterdir())
+    assert names == ["hybridconnections-0.1.0-py3-none-any.whl", "hybridconnections-0.1.0.tar.gz",
+                     "hybridconnections_emulator-0.1.0-py3-none-any.whl", "hybridconnections_emulator-0.1.0.tar.gz"]
     script = textwrap.dedent("""
         import json, relay, emulator
         from importlib.metadata import distribution, files
