@@ -1,11 +1,24 @@
-"""Plain-words causes for refused tokens, appended to the service's own error text."""
+"""Plain words for failures: the likely cause appended to a refused token's service error
+(:func:`add_hint`, used by the client and listener), and the CLI's next-step lines
+(:func:`cli_hint`, :func:`summarize_credential_failure`, :func:`missing_identity_message`)."""
 
 from __future__ import annotations
 
+import os
 import re
+from urllib.parse import urlsplit
 
 from .credentials import TokenProvider
-from .errors import AuthorizationFailedError, EndpointNotFoundError, ForbiddenError, RelayError
+from .errors import (
+    AuthorizationFailedError,
+    ConnectionLostError,
+    EndpointNotFoundError,
+    ForbiddenError,
+    NoListenerError,
+    RejectedError,
+    RelayError,
+    RelayTimeoutError,
+)
 
 
 def add_hint(error: RelayError, provider: TokenProvider, *, action: str, sb_uri: str) -> RelayError:
@@ -74,10 +87,6 @@ def cli_hint(error: RelayError, *, kind: str | None, action: str, address: str =
     ``kind`` is the credential's :attr:`TokenProvider.kind` (``"sas-key"``, ``"sas"``, ``"entra"``,
     ``"none"``) when known; ``action`` is ``"send"`` or ``"listen"``.
     """
-    from urllib.parse import urlsplit
-
-    from .errors import ConnectionLostError, NoListenerError, RejectedError, RelayTimeoutError
-
     role = "Sender" if action == "send" else "Listener"
     right = "Send" if action == "send" else "Listen"
     text = error.message.lower()
@@ -142,8 +151,6 @@ def summarize_credential_failure(exc: BaseException, *, verbose: bool) -> list[s
     put one ``\\tName: reason`` line per credential after the first line; without ``verbose`` each
     reason is cut to its first sentence, so the chain fits on a screen and names every step.
     """
-    import os
-
     text = str(exc)
     lines = text.splitlines() or [type(exc).__name__]
     head = f"{type(exc).__name__}: {lines[0]}"
