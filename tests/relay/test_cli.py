@@ -344,3 +344,21 @@ async def test_token_json_never_contains_the_token(emulator):
     assert info["credential"] == "SAS key 'RootManageSharedAccessKey'" and info["token_type"] == "sas"
     assert 3500 < info["expires_in_seconds"] <= 3600 and info["expires_on"].endswith("Z")
     assert "sig=" not in out and key not in out
+
+
+def test_managed_identity_alone_outside_azure_names_the_two_variables(monkeypatch):
+    """Authentication=Managed Identity without IDENTITY_ENDPOINT: azure-identity went to IMDS; say what to set."""
+    from azure.identity import CredentialUnavailableError
+
+    from relay._hints import summarize_credential_failure
+
+    monkeypatch.delenv("IDENTITY_ENDPOINT", raising=False)
+    monkeypatch.delenv("MSI_ENDPOINT", raising=False)
+    lines = summarize_credential_failure(
+        CredentialUnavailableError("ManagedIdentityCredential authentication unavailable, no response from the IMDS endpoint."),
+        verbose=False)
+    assert lines[0].startswith("CredentialUnavailableError: ManagedIdentityCredential authentication unavailable")
+    assert any("needs IDENTITY_ENDPOINT and IDENTITY_HEADER" in line for line in lines)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://127.0.0.1:9444/msi/token")
+    lines = summarize_credential_failure(CredentialUnavailableError("ManagedIdentityCredential: refused"), verbose=False)
+    assert not any("IDENTITY_ENDPOINT" in line for line in lines)  # already set: the hint would mislead
