@@ -138,3 +138,12 @@ async def test_development_emulator_form_against_the_emulator(emulator, monkeypa
     async with HybridConnectionListener.from_connection_string(mi("listener"), request_handler=handler), client:
         assert await (await client.request("POST", "/", body=b"identity")).read() == b"hello identity"
     assert client._owned_credential is None  # the credential the string created was closed with the client
+
+
+def test_missing_ca_file_names_the_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        HybridConnectionClient("sb://127.0.0.1:8443/orders", None, connection_verify=".local/emulator/ca.pem")
+    message = str(info.value)
+    assert f"connection_verify: the CA file {tmp_path / '.local/emulator/ca.pem'} does not exist" in message
+    assert f"relative to the current directory {tmp_path}" in message
