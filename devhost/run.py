@@ -6,7 +6,7 @@ everything (in reverse order). Child logs go to ``.local/logs/``.
 
 The defaults are fixed (Azurite 10000-10002, the emulator on RELAY_NAMESPACE's port, the host on
 Host.LocalHttpPort, the echo on 8080, state in ``.local/``); ``--local-dir``, ``--azurite-ports``,
-``--relay-port``, ``--host-port`` and ``--echo-port`` (or env ``DEVHOST_RUN_LOCAL_DIR``,
+``--relay-port``, ``--identity-port``, ``--host-port`` and ``--echo-port`` (or env ``DEVHOST_RUN_LOCAL_DIR``,
 ``DEVHOST_RUN_AZURITE_PORTS``, ``DEVHOST_RUN_RELAY_PORT``, ``DEVHOST_RUN_HOST_PORT``,
 ``DEVHOST_RUN_ECHO_PORT``) change them; port 0 picks a free port. Azurite on other than its
 default ports gets a random account key, and the host gets its full connection string instead of
@@ -229,7 +229,50 @@ def render(host: dict, keys: dict, emulator: dict, azurite, values: dict, outbou
         ]
     bar = "=" * 100
     return "\n".join([bar, f"  local stack up in {seconds:.1f} s — Ctrl-C stops everything", bar, table(rows), bar,
-                      *curl, bar])
+                      *curl, bar, *cli_block(emulator, outbound), bar])
+
+
+def cli_python() -> str:
+    """How to call this Python from the repository folder: ``.venv/bin/python`` for `make run`'s venv."""
+    if sys.prefix != sys.base_prefix:  # a venv: name its python without resolving the .venv symlink
+        venv_python = Path(sys.prefix) / "bin" / "python"
+        try:
+            return str(venv_python.relative_to(REPO))
+        except ValueError:
+            return str(venv_python)
+    return "python3"
+
+
+def cli_block(emulator: dict, entity: str) -> list[str]:
+    """Ready-to-paste lines for the `relay` CLI (or any program using the library) in another terminal.
+
+    The SAS string is the emulator's own (its generated key, an absolute TrustedCaFile) pointed at
+    ``entity``; the managed-identity exports name the identity endpoint, whose port is fixed by
+    default (the Relay port + 1), and read the header from its file, so they stay valid across
+    restarts and the secret is not printed.
+    """
+    port = emulator["port"]
+    ca = emulator.get("ca_cert")
+    scheme = "sb" if ca else "ws"
+    dev = ";UseDevelopmentEmulator=true" + (f";TrustedCaFile={ca}" if ca else "")
+    header_file = Path(emulator["state_dir"]) / "identity-header"  # absolute: works from any folder
+    py = cli_python()
+    lines = [f"# Use the relay CLI from another terminal (from this folder); the on-prem echo answers on '{entity}'"]
+    for name, text in (emulator.get("connection_strings") or {}).items():
+        key = next((part.split("=", 1)[1] for part in text.split(";") if part.startswith("SharedAccessKey=")), None)
+        if key and "@" not in name:
+            sas = f"Endpoint={scheme}://127.0.0.1:{port}/;EntityPath={entity};SharedAccessKeyName={name};SharedAccessKey={key}{dev}"
+            lines += ["# SAS: the CLI reads RELAY_CONNECTION_STRING; your code can pass it to from_connection_string()",
+                      f"export RELAY_CONNECTION_STRING={shlex.quote(sas)}",
+                      f"{py} -m relay send --data 'hello via the CLI'"]
+            break
+    managed = f"Endpoint={scheme}://127.0.0.1:{port}/;EntityPath={entity};Authentication=Managed Identity{dev}"
+    lines += [
+        "# Managed identity: azure-identity needs both (without them it asks 169.254.169.254); the port stays fixed",
+        f"export IDENTITY_ENDPOINT={emulator['identity_endpoint']} IDENTITY_HEADER=\"$(cat {shlex.quote(str(header_file))})\"",
+        f"{py} -m relay token --connection-string {shlex.quote(managed)}",
+    ]
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -241,11 +284,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Azurite ports (default 10000,10001,10002; 0 = free ports; env DEVHOST_RUN_AZURITE_PORTS)")
     parser.add_argument("--relay-port", type=int, default=env("DEVHOST_RUN_RELAY_PORT"),
                         help="emulator port (default: the port of RELAY_NAMESPACE; env DEVHOST_RUN_RELAY_PORT)")
+    parser.add_argument("--identity-port", type=int, default=env("DEVHOST_RUN_IDENTITY_PORT"),
+                        help="managed-identity endpoint port (default: the Relay port + 1, so IDENTITY_ENDPOINT stays "
+                             "valid across restarts; 0 with --relay-port 0; env DEVHOST_RUN_IDENTITY_PORT)")
     parser.add_argument("--host-port", type=int, default=env("DEVHOST_RUN_HOST_PORT"),
                         help="Functions host port (default: Host.LocalHttpPort; env DEVHOST_RUN_HOST_PORT)")
     parser.add_argument("--echo-port", type=int, default=env("DEVHOST_RUN_ECHO_PORT"),
                         help=f"on-premises echo port (default {ECHO_PORT}; env DEVHOST_RUN_ECHO_PORT)")
     return parser.parse_args(argv)
+
+
+def identity_port_for(relay_port: int, given: int | None) -> int:
+    """The identity endpoint's port: as given, else the Relay port + 1 (9444), or any free one with a free Relay port.
+
+    A fixed default keeps the printed ``export IDENTITY_ENDPOINT=...`` valid across restarts.
+    """
+    if given is not None:
+        return given
+    return relay_port + 1 if relay_port else 0
 
 
 def azurite_ports(text: str | None) -> tuple[int, int, int]:
@@ -277,10 +333,12 @@ async def run(argv: list[str] | None = None) -> int:
     relay_port = args.relay_port if args.relay_port is not None else (
         int(namespace.rsplit(":", 1)[1]) if ":" in namespace else 9443)
     echo_port = args.echo_port if args.echo_port is not None else ECHO_PORT
+    identity_port = identity_port_for(relay_port, args.identity_port)
     storage_ports = azurite_ports(args.azurite_ports)
     well_known = storage_ports == DEFAULT_PORTS
     for port, what in [(storage_ports[0], "Azurite blob"), (storage_ports[1], "Azurite queue"),
                        (storage_ports[2], "Azurite table"), (relay_port, "the Relay emulator (RELAY_NAMESPACE)"),
+                       (identity_port, "the managed-identity endpoint (--identity-port)"),
                        (http_port, "the Functions host (Host.LocalHttpPort)"), (echo_port, "the on-premises echo")]:
         ensure_free(port, what=what)
 
@@ -292,7 +350,8 @@ async def run(argv: list[str] | None = None) -> int:
         stack.append(azurite)
         py = sys.executable
         emulator_child, emulator = await spawn(
-            "emulator", [py, "-m", "emulator", "--port", str(relay_port), "--state-dir", str(local_dir / "emulator")],
+            "emulator", [py, "-m", "emulator", "--port", str(relay_port), "--identity-port", str(identity_port),
+                         "--state-dir", str(local_dir / "emulator")],
             dict(os.environ), local=local_dir)
         stack.append(emulator_child)
         echo = await start_echo(echo_port)

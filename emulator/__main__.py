@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -32,7 +33,9 @@ log = logging.getLogger("emulator")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m emulator", description=__doc__.splitlines()[0])
+    # The console script (pip install hybridconnections-emulator) or python -m emulator in this repository.
+    prog = "relay-emulator" if os.path.basename(sys.argv[0] or "") == "relay-emulator" else "python -m emulator"
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, help="JSON config file (default: a generated local-dev namespace)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=0, help="Relay port, WebSocket and HTTP (0 = any free port)")
@@ -90,6 +93,47 @@ def _identity_header(config: EmulatorConfig, state: Path) -> str:
     return value
 
 
+class PortInUseError(Exception):
+    """A port the emulator was told to bind is taken; the message names the port and the option."""
+
+
+async def _start_site(runner: web.AppRunner, host: str, port: int, option: str, **kwargs) -> None:
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True, **kwargs).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise PortInUseError(f"--host {host} is not an address of this machine; use 127.0.0.1 (the default)") from None
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            reason = "is already in use" if exc.errno == errno.EADDRINUSE else "needs more privileges (ports below 1024)"
+            raise PortInUseError(
+                f"{option} {port}: {host}:{port} {reason}; stop the process using it, "
+                f"or pass another {option} (0 picks a free port)"
+            ) from None
+        raise
+
+
+def _connection_strings(config: EmulatorConfig, authority: str, no_tls: bool, ca_cert: str | None) -> dict[str, str]:
+    """Ready-to-use connection strings, one per SAS rule: they work as printed.
+
+    Each names an ``EntityPath`` (the rule's hybrid connection, or the first one for namespace
+    rules; an ADDRESS given to ``relay`` overrides it), ``UseDevelopmentEmulator=true`` and, with TLS,
+    ``TrustedCaFile`` as an absolute path, so they work from any directory.
+    """
+    first = next(iter(config.hybrid_connections), None)
+    scheme = "ws" if no_tls else "sb"
+    out = {}
+    for rule in config.sas_rules:
+        entity = rule.entity or first
+        parts = [f"Endpoint={scheme}://{authority}/"]
+        if entity:
+            parts.append(f"EntityPath={entity}")
+        parts += [f"SharedAccessKeyName={rule.name}", f"SharedAccessKey={rule.key}", "UseDevelopmentEmulator=true"]
+        if ca_cert:
+            parts.append(f"TrustedCaFile={ca_cert}")
+        out[rule.name if rule.name not in out else f"{rule.name}@{entity}"] = ";".join(parts)
+    return out
+
+
 def _bound_port(runner: web.AppRunner) -> int:
     for addr in runner.addresses:
         if isinstance(addr, tuple):
@@ -114,13 +158,22 @@ async def _serve(args: argparse.Namespace) -> int:
     relay_server = RelayServer(config, Authorizer(config, issuer))
     relay_runner = web.AppRunner(relay_server.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await relay_runner.setup()
-    await web.TCPSite(relay_runner, args.host, args.port, ssl_context=ssl_ctx, reuse_address=True, backlog=512).start()
+    try:
+        await _start_site(relay_runner, args.host, args.port, "--port", ssl_context=ssl_ctx, backlog=512)
+    except BaseException:
+        await relay_runner.cleanup()
+        raise
     port = _bound_port(relay_runner)
 
     identity = IdentityEndpoint(config, issuer, header)
     id_runner = web.AppRunner(identity.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await id_runner.setup()
-    await web.TCPSite(id_runner, args.host, args.identity_port, reuse_address=True).start()
+    try:
+        await _start_site(id_runner, args.host, args.identity_port, "--identity-port")
+    except BaseException:
+        await id_runner.cleanup()
+        await relay_runner.cleanup()
+        raise
     id_port = _bound_port(id_runner)
 
     host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -159,10 +212,7 @@ async def _serve(args: argparse.Namespace) -> int:
     }
     if generated:
         # Local dev only: the generated keys are random per state dir, handy for connection strings.
-        info["connection_strings"] = {
-            rule.name: f"Endpoint=sb://{authority}/;SharedAccessKeyName={rule.name};SharedAccessKey={rule.key}"
-            for rule in config.sas_rules
-        }
+        info["connection_strings"] = _connection_strings(config, authority, args.no_tls, ca_cert)
     sys.stdout.write(json.dumps(info) + "\n")
     sys.stdout.flush()
     log.info("relay on %s, identity endpoint on %s, namespace %s", info["relay"], info["identity_endpoint"], config.namespace)
@@ -199,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_loop(_serve(args))  # uvloop when installed
     except ConfigError as exc:
         print(f"emulator: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except PortInUseError as exc:
+        print(f"emulator: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -191,6 +191,39 @@ def _positive(value: float, path: str) -> float:
     return value
 
 
+_PLACEHOLDER = re.compile(r"^\s*<[^<>]*>\s*$")
+
+
+def _refuse_placeholders(value: Any, path: str) -> None:
+    """Refuse documentation placeholders such as ``"<random>"`` or ``"<guid>"`` anywhere in the config.
+
+    A sample copied verbatim would otherwise load, and managed identity would then fail much
+    later with a 403 that names nothing in the file.
+    """
+    if isinstance(value, str):
+        if _PLACEHOLDER.match(value):
+            raise ConfigError(
+                f"'{path}' is the placeholder {value!r}: replace it with a real value "
+                "(keys: 44 random base64 characters, e.g. python -c \"import base64,os; print(base64.b64encode(os.urandom(32)).decode())\"; "
+                "ids: a GUID, e.g. python -c \"import uuid; print(uuid.uuid4())\"), or start without --config "
+                "to get a generated namespace"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_placeholders(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_placeholders(item, f"{path}[{i}]")
+
+
+def _guid(value: str, path: str) -> str:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise ConfigError(f"'{path}' {value!r} is not a GUID (Azure ids look like 8-4-4-4-12 hex digits)") from None
+    return value
+
+
 _KNOWN_KEYS = {
     "namespace", "tenantId", "subscriptionId", "resourceGroup", "hybridConnections", "sasRules", "identities",
     "roleAssignments", "tokenLifetimeSeconds", "listenerLimit", "acceptTimeoutSeconds", "responseTimeoutSeconds",
@@ -206,12 +239,13 @@ def load_config(data: Any) -> EmulatorConfig:
     unknown = sorted(set(data) - _KNOWN_KEYS - {k for k in data if k.startswith("_") or k.startswith("$")})
     if unknown:
         raise ConfigError(f"unknown config key '{unknown[0]}' (known keys: {', '.join(sorted(_KNOWN_KEYS))})")
+    _refuse_placeholders(data, "")
 
     namespace = _get(data, "namespace", "", str)
     if not _NAMESPACE_NAME.match(namespace):
         raise ConfigError(f"'namespace' {namespace!r} is not a valid namespace name (letters, digits, '-'; 2-50 chars)")
-    tenant = _get(data, "tenantId", "", str, str(uuid.UUID(int=0)))
-    sub = _get(data, "subscriptionId", "", str, str(uuid.UUID(int=0)))
+    tenant = _guid(_get(data, "tenantId", "", str, str(uuid.UUID(int=0))), "tenantId")
+    sub = _guid(_get(data, "subscriptionId", "", str, str(uuid.UUID(int=0))), "subscriptionId")
     rg = _get(data, "resourceGroup", "", str, "relay-local")
 
     hcs: dict[str, HybridConnection] = {}
@@ -264,6 +298,15 @@ def load_config(data: Any) -> EmulatorConfig:
             _get(item, "systemAssigned", where, bool, False),
             _get(item, "resourceId", where, str, ""),
         )
+        _guid(ident.client_id, f"{where}.clientId")
+        _guid(ident.principal_id, f"{where}.principalId")
+        for key, attr in (("clientId", "client_id"), ("principalId", "principal_id"), ("name", "name")):
+            for j, other in enumerate(identities):
+                if getattr(other, attr).lower() == getattr(ident, attr).lower():
+                    raise ConfigError(
+                        f"'{where}.{key}' {getattr(ident, attr)!r} is already used by identities[{j}] "
+                        f"({other.name!r}); every identity needs its own {key}"
+                    )
         if not ident.resource_id:
             ident.resource_id = (
                 f"/subscriptions/{sub}/resourceGroups/{rg}/providers/"
@@ -288,7 +331,14 @@ def load_config(data: Any) -> EmulatorConfig:
         scope = _get(item, "scope", where, str)
         if not scope.startswith("/"):
             raise ConfigError(f"'{where}.scope' must be an ARM id starting with '/'")
-        assignments.append(RoleAssignment(_get(item, "principalId", where, str), guid, scope))
+        principal = _get(item, "principalId", where, str)
+        if not any(ident.principal_id.lower() == principal.lower() for ident in identities):
+            known = ", ".join(f"{ident.name}: {ident.principal_id}" for ident in identities) or "none configured"
+            raise ConfigError(
+                f"'{where}.principalId' {principal!r} matches no identity, so this role would reach nobody: "
+                f"use the principalId of one of 'identities' ({known})"
+            )
+        assignments.append(RoleAssignment(principal, guid, scope))
 
     cfg = EmulatorConfig(
         namespace=namespace,

@@ -14,6 +14,9 @@ asyncio and aiohttp. The public surface mirrors ``Microsoft.Azure.Relay``:
 See relay/README.md for examples against Azure and the local emulator.
 """
 
+__version__ = "0.1.0"
+"""The one place the version lives: both distributions (packaging/) read it."""
+
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 
 from .client import HybridConnectionClient, RelayHttpResponse
@@ -35,6 +38,7 @@ from .listener import AcceptContext, HybridConnectionListener, ListenerState, Re
 from .stream import HybridConnectionStream
 
 __all__ = [
+    "__version__",
     "AadCallbackTokenProvider",
     "AcceptContext",
     "AuthorizationFailedError",

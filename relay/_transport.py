@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from .connection_string import resolve_ca_file
 from .errors import ConnectionLostError, RelayError, error_from_status
 
 USER_AGENT = f"azure-relay-python/0.1 ({platform.system()}; Python {platform.python_version()})"
@@ -101,8 +102,8 @@ def build_ssl_context(connection_verify: bool | str | ssl.SSLContext) -> ssl.SSL
         return ctx
     if connection_verify is True or connection_verify is None:
         return ssl.create_default_context()
-    if isinstance(connection_verify, str):
-        return ssl.create_default_context(cafile=connection_verify)
+    if isinstance(connection_verify, str):  # a missing file names its absolute path, not a bare [Errno 2]
+        return ssl.create_default_context(cafile=resolve_ca_file(connection_verify, "connection_verify"))
     raise TypeError("connection_verify must be True, False, a CA bundle path or an ssl.SSLContext")
 
 

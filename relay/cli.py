@@ -1,4 +1,4 @@
-"""``python -m relay``: listen (reverse proxy to a local service), send, and inspect tokens.
+"""``relay`` (installed command; ``python -m relay`` in this repository): listen (reverse proxy to a local service), send, and inspect tokens.
 
 Examples::
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
 import os
 import signal
@@ -33,32 +35,15 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from . import __version__
+from ._hints import cli_hint, missing_identity_message, summarize_credential_failure
 from ._loop import run as run_loop
 from .client import HybridConnectionClient
-from .connection_string import parse_connection_string
+from .connection_string import parse_connection_string, resolve_ca_file
 from .credentials import close_credential, get_token_provider
-from .errors import (
-    AuthorizationFailedError,
-    ConnectionLostError,
-    EndpointNotFoundError,
-    ForbiddenError,
-    NoListenerError,
-    RejectedError,
-    RelayError,
-    RelayTimeoutError,
-)
+from .errors import EndpointNotFoundError, RelayError
 from .listener import HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
 from .protocol import HOP_BY_HOP_HEADERS
-
-_HINTS: list[tuple[type, str]] = [
-    (AuthorizationFailedError, "check the SAS key / connection string, or the identity's tenant (python -m relay token ADDRESS)"),
-    (ForbiddenError, "grant the identity the Azure Relay Sender/Listener role on the hybrid connection (allow five minutes)"),
-    (EndpointNotFoundError, "check the namespace and hybrid connection name in the address"),
-    (NoListenerError, "start a listener first: python -m relay listen ADDRESS --forward http://127.0.0.1:8080"),
-    (RejectedError, "the listener refused the connection; see the listener's logs"),
-    (RelayTimeoutError, "the listener is slow or gone; try again, or raise --timeout"),
-    (ConnectionLostError, "check the network path to the namespace (and --ca-file for the local emulator)"),
-]
 
 _SKIP_FORWARD_HEADERS = HOP_BY_HOP_HEADERS | {"host"}
 
@@ -76,10 +61,10 @@ def _resolve(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any], str]:
         try:
             cs = parse_connection_string(conn_str)
             address = address or cs.address()
-        except ValueError as exc:
+            kwargs.update(cs.client_kwargs())
+        except (ValueError, FileNotFoundError) as exc:
             raise CliError(f"connection string: {exc}") from None
         credential = cs.credential()
-        kwargs.update(cs.client_kwargs())
         source = "connection string"
         if credential is None:
             credential = _default_credential()
@@ -99,12 +84,21 @@ def _resolve(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any], str]:
         else:
             credential, source = _default_credential(), "DefaultAzureCredential"
     if args.ca_file:
-        kwargs["connection_verify"] = args.ca_file
+        try:
+            kwargs["connection_verify"] = resolve_ca_file(args.ca_file, "--ca-file")
+        except FileNotFoundError as exc:
+            raise CliError(str(exc)) from None
+    args.credential_kind = get_token_provider(credential).kind
+    args.resolved_address = address
     return address, credential, kwargs, source
 
 
 def _default_credential() -> Any:
-    from azure.identity.aio import DefaultAzureCredential
+    try:
+        from azure.identity.aio import DefaultAzureCredential
+    except ImportError:
+        raise CliError(missing_identity_message(
+            "Without --connection-string or --sas-key-name, Entra ID (DefaultAzureCredential)")) from None
 
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
@@ -133,17 +127,41 @@ async def cmd_token(args: argparse.Namespace) -> int:
         token = await provider.get_token(address)
     finally:
         await close_credential(credential)
+    if token is None:
+        kind, expires, left = None, None, None
+    else:
+        kind = "sas" if token.token.startswith("SharedAccessSignature ") else "entra"
+        expires = datetime.fromtimestamp(token.expires_on, timezone.utc)
+        left = token.expires_on - time.time()
+    if args.json:
+        _print_json({
+            "address": address, "credential": provider.describe(), "source": source, "token_type": kind,
+            "expires_on": expires.isoformat().replace("+00:00", "Z") if expires else None,
+            "expires_in_seconds": round(left) if left is not None else None,
+        })
+        return 0
     print(f"address:    {address}")
     print(f"credential: {provider.describe()} (from {source})")
     if token is None:
         print("token:      none (anonymous sender)")
         return 0
-    kind = "SAS token" if token.token.startswith("SharedAccessSignature ") else "Entra ID token (JWT), scope https://relay.azure.net/.default"
-    expires = datetime.fromtimestamp(token.expires_on, timezone.utc)
-    left = token.expires_on - time.time()
-    print(f"token:      {kind}")
+    label = "SAS token" if kind == "sas" else "Entra ID token (JWT), scope https://relay.azure.net/.default"
+    print(f"token:      {label}")
     print(f"expires:    {expires:%Y-%m-%d %H:%M:%S} UTC (in {left / 60:.1f} min)")
     return 0
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def _body_json(data: bytes) -> dict[str, str]:
+    """A body in JSON output: ``{"body": text}`` when it is UTF-8, else ``{"bodyBase64": ...}``."""
+    try:
+        return {"body": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"bodyBase64": base64.b64encode(data).decode("ascii")}
 
 
 # -- send ---------------------------------------------------------------------------------------
@@ -162,21 +180,38 @@ async def cmd_send(args: argparse.Namespace) -> int:
         async with HybridConnectionClient(address, credential, **kwargs) as client:
             if args.ws:
                 stream = await client.connect(path=args.path if args.path != "/" else "", headers=headers or None, timeout=args.timeout)
+                received: list[dict[str, Any]] = []
                 async with stream:
                     if data is not None:
                         await stream.send(data if not args.text else data.decode("utf-8"))
                     await stream.shutdown()
                     async with asyncio.timeout(args.timeout):
                         async for message in stream:
+                            if args.json:
+                                received.append({"text": message} if isinstance(message, str)
+                                                else {"bodyBase64": base64.b64encode(message).decode("ascii")})
+                                continue
                             out = message.encode("utf-8") if isinstance(message, str) else message
                             sys.stdout.buffer.write(out + b"\n")
                             sys.stdout.flush()
+                if args.json:
+                    _print_json({"mode": "ws", "subprotocol": stream.subprotocol, "messages": received,
+                                 "close_code": stream.close_code})
                 return 0
             method = args.method or ("POST" if data is not None else "GET")
             async with await client.request(method, args.path, body=data, headers=headers or None, timeout=args.timeout) as resp:
-                print(f"{resp.status} {resp.reason}", file=sys.stderr)
+                if args.json:
+                    body = await resp.read()
+                    _print_json({"mode": "http", "status": resp.status, "reason": resp.reason,
+                                 "headers": dict(resp.headers.items()), **_body_json(body)})
+                    return 0 if resp.status < 400 else 1
+                print(f"{resp.status} {resp.reason}", file=sys.stderr, flush=True)
+                last = b""
                 async for chunk in resp.iter_chunks():
                     sys.stdout.buffer.write(chunk)
+                    last = chunk[-1:] or last
+                if last and last != b"\n" and sys.stdout.isatty():
+                    sys.stdout.buffer.write(b"\n")  # so the shell prompt (or the next line) starts on its own line
                 sys.stdout.flush()
                 return 0 if resp.status < 400 else 1
     finally:
@@ -326,9 +361,27 @@ async def _echo_ws(stream: Any) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
+def forward_url(value: str) -> str:
+    """``--forward``: an absolute http(s) URL of the local service, checked before anything connects."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        guess = value.split("://", 1)[-1].lstrip("/")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an http(s) URL with a host: the local service needs a scheme, "
+            f"e.g. --forward http://{guess or '127.0.0.1:8080'} (or https://...)"
+        )
+    try:
+        parts.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} has an invalid port: use e.g. http://127.0.0.1:8080") from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m relay", description="Azure Relay Hybrid Connections from the command line.")
+    prog = "relay" if os.path.basename(sys.argv[0] or "") == "relay" else "python -m relay"  # the console script, or -m
+    parser = argparse.ArgumentParser(prog=prog, description="Azure Relay Hybrid Connections from the command line.")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each relayed request and library warnings")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (hybridconnections)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -342,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     listen = sub.add_parser("listen", help="listen and forward relayed requests to a local HTTP service")
     common(listen)
-    listen.add_argument("--forward", metavar="URL", help="local service, e.g. http://127.0.0.1:8080 (default: echo)")
+    listen.add_argument("--forward", metavar="URL", type=forward_url,
+                        help="local service, e.g. http://127.0.0.1:8080 (default: echo)")
     listen.set_defaults(func=cmd_listen)
 
     send = sub.add_parser("send", help="send one HTTP request (or WebSocket message with --ws)")
@@ -354,39 +408,62 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--path", default="/", help="path and query relative to the hybrid connection, e.g. /orders?x=1")
     send.add_argument("--header", "-H", action="append", help="extra header 'Name: value' (repeatable)")
     send.add_argument("--timeout", type=float, default=70.0, help="seconds to wait (default 70)")
+    send.add_argument("--json", action="store_true",
+                      help="print one JSON object on stdout: status, reason, headers, body (or WebSocket messages)")
     send.set_defaults(func=cmd_send)
 
     token = sub.add_parser("token", help="show which credential is used and when its token expires (never the token)")
     common(token)
+    token.add_argument("--json", action="store_true", help="print one JSON object on stdout (never the token)")
     token.set_defaults(func=cmd_token)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "verbose", False):
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
         logging.getLogger("azure").setLevel(logging.CRITICAL)
     try:
         return run_loop(args.func(args))  # uvloop when installed
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RelayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        for cls, hint in _HINTS:
-            if isinstance(exc, cls):
-                print(f"hint: {hint}", file=sys.stderr)
-                break
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except CliError as exc:
+        return _fail(args, exc, [f"error: {exc}"], 2)
+    except RelayError as exc:
+        lines = [f"error: {exc}"]
+        hint = cli_hint(exc, kind=getattr(args, "credential_kind", None),
+                        action="listen" if args.command == "listen" else "send",
+                        address=getattr(args, "resolved_address", None) or args.address or "")
+        if hint:
+            lines.append(f"hint: {hint}")
+        return _fail(args, exc, lines, 1)
+    except ImportError as exc:
+        if (exc.name or "").startswith("azure.identity"):  # raised with our message by the connection string
+            message = str(exc) if "pip install" in str(exc) else missing_identity_message("Entra ID")
+            return _fail(args, exc, [f"error: {message}"], 2)
+        raise
+    except (OSError, ValueError) as exc:
+        return _fail(args, exc, [f"error: {exc}"], 1)
     except Exception as exc:  # credential failures from azure-identity and friends
         name = type(exc).__name__
-        print(f"error: {name}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         if name in ("ClientAuthenticationError", "CredentialUnavailableError"):
-            print("hint: no credential worked; pass --connection-string, or --sas-key-name with env RELAY_SAS_KEY", file=sys.stderr)
-        return 1
+            lines = summarize_credential_failure(exc, verbose=verbose)
+            return _fail(args, exc, [f"error: {lines[0]}", *lines[1:]], 1)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return _fail(args, exc, [f"error: {name}: {first}"] + ([] if verbose else ["(run with -v for details)"]), 1)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, lines: list[str], code: int) -> int:
+    """Report a failure: text on stderr, and with ``--json`` also one ``{"error": ...}`` object on stdout."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    if getattr(args, "json", False):
+        hints = [line[len("hint: "):] for line in lines if line.startswith("hint: ")]
+        _print_json({"error": {
+            "type": type(exc).__name__, "message": lines[0][len("error: "):],
+            "status": getattr(exc, "status", None), "is_transient": getattr(exc, "is_transient", None),
+            "hint": " ".join(hints) or None,
+        }})
+    return code

@@ -42,6 +42,7 @@ Unknown keys raise ``ValueError`` naming the key. Keys and signatures never appe
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,13 @@ class RelayConnectionString:
         if self.shared_access_signature:
             return AzureSasCredential(self.shared_access_signature)
         if self.uses_managed_identity:
-            from azure.identity.aio import ManagedIdentityCredential
+            try:
+                from azure.identity.aio import ManagedIdentityCredential
+            except ImportError as exc:
+                from ._hints import missing_identity_message
+
+                raise ModuleNotFoundError(missing_identity_message("Authentication=Managed Identity"),
+                                          name="azure.identity") from exc
 
             if self.managed_identity_client_id:
                 return ManagedIdentityCredential(client_id=self.managed_identity_client_id)
@@ -126,13 +133,33 @@ class RelayConnectionString:
         return None
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the client/listener constructors (``connection_verify``, ``operation_timeout``)."""
+        """Keyword arguments for the client/listener constructors (``connection_verify``, ``operation_timeout``).
+
+        ``TrustedCaFile`` is made absolute here; a file that does not exist raises ``FileNotFoundError``
+        naming the absolute path (and the current directory, when the given path was relative).
+        """
         kwargs: dict[str, Any] = {}
         if self.trusted_ca_file:
-            kwargs["connection_verify"] = self.trusted_ca_file
+            kwargs["connection_verify"] = resolve_ca_file(self.trusted_ca_file, "TrustedCaFile")
         if self.operation_timeout is not None:
             kwargs["operation_timeout"] = self.operation_timeout
         return kwargs
+
+
+def resolve_ca_file(path: str, origin: str) -> str:
+    """``path`` made absolute (against the current directory), or ``FileNotFoundError`` naming both forms.
+
+    A relative ``TrustedCaFile=.local/emulator/ca.pem`` only works from the folder it is relative
+    to; saying where it was looked for tells the user which.
+    """
+    absolute = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(absolute):
+        relative = f" ({path!r} is relative to the current directory {os.getcwd()})" if not os.path.isabs(path) else ""
+        raise FileNotFoundError(
+            f"{origin}: the CA file {absolute} does not exist{relative}; give the absolute path of the emulator's "
+            "ca.pem (printed as ca_cert when it starts)"
+        )
+    return absolute
 
 
 def _parse_timeout(value: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -18,6 +19,7 @@ from devhost.hostconfig import load_host_config, parse_timespan
 from devhost.http_host import RouteError, compile_route
 from devhost.keys import load_keys
 from devhost.ports import PortBusyError, ensure_free
+from tests.devhost.helpers import REPO
 from devhost.queues import decode_message, encode_message, resolve_connection
 from devhost.settings import SettingsError, apply_values, resolve
 from devhost.timers import Schedule
@@ -254,3 +256,38 @@ def test_make_run_port_and_state_overrides(monkeypatch):
     monkeypatch.setenv("DEVHOST_RUN_LOCAL_DIR", "/tmp/x")
     args = parse_args(["--echo-port", "18080"])
     assert (args.host_port, args.echo_port, args.local_dir) == (0, 18080, "/tmp/x")
+
+
+def test_make_run_identity_port_is_fixed_by_default():
+    from devhost.run import identity_port_for, parse_args
+
+    assert identity_port_for(9443, None) == 9444 and identity_port_for(0, None) == 0
+    assert identity_port_for(9443, 0) == 0 and identity_port_for(9443, 19444) == 19444
+    assert parse_args(["--identity-port", "19444"]).identity_port == 19444
+
+
+async def test_make_run_cli_lines_work_as_pasted(tmp_path):
+    """The block after the curl commands, pasted into bash from the repository folder: SAS send, managed-identity token."""
+    import subprocess
+
+    from devhost.run import cli_block
+    from relay import AzureNamedKeyCredential, HybridConnectionListener, RelayedHttpResponse
+    from tests.fixtures.emulator import start_emulator
+
+    async def echo(request):
+        return RelayedHttpResponse(200, body=b"echo: " + await request.read())
+
+    async with start_emulator(None, tls=True) as emu:
+        lines = cli_block(emu.info, "orders")
+        text = "\n".join(lines)
+        assert "IDENTITY_ENDPOINT=" + emu.identity_endpoint in text and emu.identity_header not in text
+        assert "TrustedCaFile=" + emu.ca_cert in text and "EntityPath=orders" in text
+        key = AzureNamedKeyCredential("RootManageSharedAccessKey", emu.sas_key("RootManageSharedAccessKey"))
+        async with HybridConnectionListener(emu.address("orders"), key, request_handler=echo, connection_verify=emu.ca_cert):
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("IDENTITY_", "MSI_", "RELAY_"))}
+            proc = await asyncio.to_thread(subprocess.run, ["bash", "-e", "-c", text], cwd=REPO, env=env,
+                                           capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("echo: hello via the CLI") and "200 OK" in proc.stderr
+    assert "credential: ManagedIdentityCredential (from connection string)" in proc.stdout
+    assert "Entra ID token" in proc.stdout

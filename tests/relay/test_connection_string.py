@@ -70,8 +70,8 @@ def test_emulator_form_configures_the_client():
     text = ("Endpoint=sb://127.0.0.1:8443/;EntityPath=orders;SharedAccessKeyName=k;SharedAccessKey=v;"
             "UseDevelopmentEmulator=true;TrustedCaFile=/nonexistent/ca.pem")
     cs = parse_connection_string(text)
-    assert cs.use_development_emulator and cs.client_kwargs() == {"connection_verify": "/nonexistent/ca.pem"}
-    with pytest.raises(FileNotFoundError):  # the CA file is loaded for real
+    assert cs.use_development_emulator and cs.trusted_ca_file == "/nonexistent/ca.pem"
+    with pytest.raises(FileNotFoundError, match="the CA file /nonexistent/ca.pem does not exist"):
         HybridConnectionClient.from_connection_string(text)
 
 
@@ -138,3 +138,12 @@ async def test_development_emulator_form_against_the_emulator(emulator, monkeypa
     async with HybridConnectionListener.from_connection_string(mi("listener"), request_handler=handler), client:
         assert await (await client.request("POST", "/", body=b"identity")).read() == b"hello identity"
     assert client._owned_credential is None  # the credential the string created was closed with the client
+
+
+def test_missing_ca_file_names_the_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        HybridConnectionClient("sb://127.0.0.1:8443/orders", None, connection_verify=".local/emulator/ca.pem")
+    message = str(info.value)
+    assert f"connection_verify: the CA file {tmp_path / '.local/emulator/ca.pem'} does not exist" in message
+    assert f"relative to the current directory {tmp_path}" in message
