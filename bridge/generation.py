@@ -105,6 +105,16 @@ def _status(context: Any, state: dict, phase: str, running: list[str]) -> None:
     })
 
 
+def _finished(task: Any, window_id: str) -> tuple[dict | None, str | None]:
+    """(result, failure) of a task that has finished: a failed task's ``.result`` is its exception."""
+    result = task.result
+    if isinstance(result, BaseException):
+        return None, f"window {window_id} failed: {result}"
+    if not isinstance(result, dict):
+        return None, f"window {window_id} returned {type(result).__name__}, not its counts"
+    return result, None
+
+
 def run_generation(context: Any) -> Generator[Any, Any, None]:
     """The orchestrator body (``yield from`` it); ends with ``continue_as_new``."""
     state = normalize(context.get_input())
@@ -141,14 +151,28 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
         # for it: race it against a timer due now, so B starts and the generation moves on.
         yield context.task_any([task_b, context.create_timer(b_started)])
         try:
-            a_result = yield task_a
-        except Exception as exc:  # the activity itself failed (host timeout, crash)
-            a_failure = f"window {a_id} failed: {exc}"
+            yield task_a
+        except Exception:  # the activity itself failed (host timeout, crash): recorded below
+            pass
+        a_result, a_failure = _finished(task_a, a_id)
     else:
+        # A ended before its timer. The SDK's task_any returns the finished child even when it
+        # *failed*; a failed task's .result is then the exception, not a dict.
         next_timer.cancel()
-        a_result = task_a.result
-        if a_result and a_result.get("ok", True):
+        a_result, a_failure = _finished(task_a, a_id)
+        if a_result is not None and a_result.get("ok", True):
             a_failure = f"window {a_id} ended after {a_result.get('seconds')} s instead of {window} s"
+        if a_result is None or a_result.get("ok", True):
+            # A could listen (or crashed as an activity: worker died, instance recycled): start the
+            # replacement at once instead of backing off, so the outage is only the scheduling lag.
+            # A window that could not listen at all (ok: false) backs off below instead.
+            b_id = f"g{gen}-b"
+            b_started = context.current_utc_datetime
+            task_b = context.call_activity(ACTIVITY, {"connection": connection, "seconds": window, "windowId": b_id, "report": True})
+            new_carry = {"windowId": b_id, "startedAt": _iso(b_started), "endsAt": _iso(b_started + timedelta(seconds=window))}
+            running = running + [b_id]
+            _status(context, state, "listening", [r for r in running if r != a_id])
+            yield context.task_any([task_b, context.create_timer(b_started)])
     now = context.current_utc_datetime
     running = [r for r in running if r != a_id]
 
@@ -158,10 +182,14 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
         if report_due > context.current_utc_datetime:
             _status(context, state, "collecting", running)
             yield context.create_timer(report_due)
+        collect = context.call_activity(COLLECT, {"connection": connection, "windowIds": [carry["windowId"]]})
         try:
-            collected = yield context.call_activity(COLLECT, {"connection": connection, "windowIds": [carry["windowId"]]})
-        except Exception as exc:
-            collected = {"reports": {}, "missing": [carry["windowId"]], "error": str(exc)}
+            yield collect
+        except Exception:
+            pass
+        collected = collect.result
+        if not isinstance(collected, dict):
+            collected = {"reports": {}, "missing": [carry["windowId"]], "error": str(collected)}
         for counts in (collected.get("reports") or {}).values():
             _add(state, counts)
             if not counts.get("ok", True):
