@@ -76,6 +76,7 @@ def normalize(data: Any) -> dict:
         "lastError": data.get("lastError"),
         "lastWindow": data.get("lastWindow"),
         "online": data.get("online"),
+        "listener": max(1, int(data.get("listener") or 1)),
     }
 
 
@@ -91,9 +92,15 @@ def _error(state: dict, message: str, now: datetime, window_id: str | None = Non
     state["lastError"] = {"message": message[:500], "at": _iso(now), "windowId": window_id}
 
 
+def window_prefix(listener: int) -> str:
+    """Window ids of listener 1 are ``g{n}-a``/``-b``; listener n > 1 prefixes ``l{n}-`` (report blobs must not clash)."""
+    return "" if listener == 1 else f"l{listener}-"
+
+
 def _status(context: Any, state: dict, phase: str, running: list[str]) -> None:
     context.set_custom_status({
         "connection": state["connection"],
+        "listener": state["listener"],
         "generation": state["generation"],
         "phase": phase,
         "online": state["online"],
@@ -128,7 +135,8 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
         yield context.create_timer(_parse(carry["endsAt"]) - timedelta(seconds=overlap))
 
     # 2. Window A and the timer that starts window B.
-    a_id = f"g{gen}-a"
+    prefix = window_prefix(state["listener"])
+    a_id = f"{prefix}g{gen}-a"
     a_started = context.current_utc_datetime
     task_a = context.call_activity(ACTIVITY, {"connection": connection, "seconds": window, "windowId": a_id, "report": False})
     next_timer = context.create_timer(a_started + timedelta(seconds=window - overlap))
@@ -141,7 +149,7 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
     a_failure: str | None = None
     if winner is next_timer:
         # 3. Window B crosses the generation boundary; A's result is awaited here.
-        b_id = f"g{gen}-b"
+        b_id = f"{prefix}g{gen}-b"
         b_started = context.current_utc_datetime
         task_b = context.call_activity(ACTIVITY, {"connection": connection, "seconds": window, "windowId": b_id, "report": True})
         new_carry = {"windowId": b_id, "startedAt": _iso(b_started), "endsAt": _iso(b_started + timedelta(seconds=window))}
@@ -166,7 +174,7 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
             # A could listen (or crashed as an activity: worker died, instance recycled): start the
             # replacement at once instead of backing off, so the outage is only the scheduling lag.
             # A window that could not listen at all (ok: false) backs off below instead.
-            b_id = f"g{gen}-b"
+            b_id = f"{prefix}g{gen}-b"
             b_started = context.current_utc_datetime
             task_b = context.call_activity(ACTIVITY, {"connection": connection, "seconds": window, "windowId": b_id, "report": True})
             new_carry = {"windowId": b_id, "startedAt": _iso(b_started), "endsAt": _iso(b_started + timedelta(seconds=window))}
@@ -182,7 +190,8 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
         if report_due > context.current_utc_datetime:
             _status(context, state, "collecting", running)
             yield context.create_timer(report_due)
-        collect = context.call_activity(COLLECT, {"connection": connection, "windowIds": [carry["windowId"]]})
+        collect = context.call_activity(COLLECT, {"connection": connection, "windowIds": [carry["windowId"]],
+                                                  "staleSeconds": 3 * window})
         try:
             yield collect
         except Exception:

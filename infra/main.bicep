@@ -64,6 +64,11 @@ param routedQueueNames array = []
 @description('LISTENER_WINDOW_SECONDS: one listener activity window; must stay below functionTimeout (host.json 00:30:00 = 1800 s).')
 param listenerWindowSeconds int = 300
 
+@minValue(1)
+@maxValue(25)
+@description('RELAY_LISTENERS_PER_CONNECTION: listener orchestrations per inbound connection (2 rides out the crash or recycle of one window).')
+param listenersPerConnection int = 1
+
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -249,6 +254,10 @@ var relaySettings = [
   {
     name: 'LISTENER_WINDOW_SECONDS'
     value: string(listenerWindowSeconds)
+  }
+  {
+    name: 'RELAY_LISTENERS_PER_CONNECTION'
+    value: string(listenersPerConnection)
   }
 ]
 
