@@ -201,6 +201,10 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
             collected = {"reports": {}, "missing": [carry["windowId"]], "error": str(collected)}
         for counts in (collected.get("reports") or {}).values():
             _add(state, counts)
+            if counts.get("restarts"):
+                state["totals"]["lostWindows"] += 1
+                _error(state, f"window {counts.get('windowId')} was interrupted (worker lost) and ran again; its counts "
+                              "since its last heartbeat before the interruption are missing", now, counts.get("windowId"))
             if not counts.get("ok", True):
                 state["totals"]["failedWindows"] += 1
                 _error(state, counts.get("lastError") or "window failed", now, counts.get("windowId"))
@@ -218,6 +222,10 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
             _error(state, a_result["lastError"], now, a_id)
     if a_failure is None and a_result is not None and not a_result.get("ok", True):
         a_failure = a_result.get("lastError") or f"window {a_id} could not listen"
+    if a_result is None and a_failure is not None:
+        # The activity failed (worker died, instance recycled, timeout): its counts died with it,
+        # although what it acknowledged is stored. Count it with the windows whose report is lost.
+        state["totals"]["lostWindows"] += 1
     if a_failure is not None:
         state["totals"]["failedWindows"] += 1
         state["consecutiveFailures"] += 1

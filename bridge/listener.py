@@ -61,6 +61,7 @@ class WindowCounts:
     stored: int = 0
     claimChecked: int = 0
     storeFailures: int = 0
+    restarts: int = 0
     lastError: str | None = None
     startedAt: str = ""
     endedAt: str = ""
@@ -164,6 +165,7 @@ async def run_window(settings: Settings, connection: str, seconds: float, *, win
         on_online=went_online,
     )
     streams: set[asyncio.Task] = set()
+    await _resume_counts(settings, counts)
     heartbeat = asyncio.get_running_loop().create_task(_heartbeat(settings, counts, seconds, beat_now))
 
     async def accept_loop() -> None:
@@ -219,6 +221,22 @@ async def _heartbeat(settings: Settings, counts: WindowCounts, seconds: float, w
         except asyncio.TimeoutError:
             pass
         wake.clear()
+
+
+async def _resume_counts(settings: Settings, counts: WindowCounts) -> None:
+    """A heartbeat left by this very window id means an earlier delivery died (work items are at least once):
+    continue from its counts and say so (``restarts``), so the orchestration counts the window as lost."""
+    try:
+        container = await storage.container(settings.claim_check_container)
+        data = await (await container.get_blob_client(heartbeat_blob_name(counts.connection, counts.windowId)).download_blob()).readall()
+        earlier = json.loads(data)
+    except Exception:  # none (the normal case) or unreadable
+        return
+    for key in ("httpRequests", "wsStreams", "wsMessages", "stored", "claimChecked", "storeFailures", "restarts"):
+        setattr(counts, key, int(earlier.get(key) or 0))
+    counts.restarts += 1
+    counts.queues = dict(earlier.get("queues") or {})
+    log.warning("%s: window %s runs again after its worker was lost (restart %d)", counts.connection, counts.windowId, counts.restarts)
 
 
 async def _end_heartbeat(settings: Settings, counts: WindowCounts) -> None:

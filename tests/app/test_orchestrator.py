@@ -125,6 +125,7 @@ def test_an_activity_exception_is_recorded_and_does_not_end_the_loop(handle):
     nxt = ex.continued_with
     assert nxt is not None, ex.state
     assert nxt["totals"]["failedWindows"] == 1 and "Timeout value" in nxt["lastError"]["message"]
+    assert nxt["totals"]["lostWindows"] == 1
     assert nxt["carry"]["windowId"] == "g0-b"  # B keeps a listener connected
 
 
@@ -233,6 +234,7 @@ def test_window_a_failing_before_its_timer_is_recorded_and_replaced_at_once(hand
     assert nxt is not None, ex.state
     assert nxt["totals"]["failedWindows"] == 1 and nxt["totals"]["stored"] == 11 and nxt["totals"]["windows"] == 4
     assert nxt["consecutiveFailures"] == 1 and nxt["carry"]["windowId"] == "g0-b"
+    assert nxt["totals"]["lostWindows"] == 1  # its counts died with the worker (what it acknowledged is stored)
     assert parse_time(nxt["carry"]["endsAt"]) == T0 + timedelta(seconds=12 + W)
     assert "worker process exited" in nxt["lastError"]["message"] and nxt["lastError"]["windowId"] == "g0-a"
     assert ex.custom_status["phase"] == "continuing"
@@ -276,3 +278,20 @@ def test_a_failed_collect_activity_counts_the_carry_as_lost(handle):
     assert nxt is not None, ex.state
     assert nxt["totals"]["lostWindows"] == 1 and "storage down" in nxt["lastError"]["message"]
     assert nxt["totals"]["windows"] == 1 and nxt["totals"]["stored"] == 3
+
+
+def test_a_report_of_a_window_that_ran_again_counts_it_lost(handle):
+    carry_end = T0 + timedelta(seconds=W)
+    inp = start_input(generation=3, carry={"windowId": "g2-b", "startedAt": "x", "endsAt": carry_end.isoformat()})
+    ex = Execution(handle, "listener_orchestrator", inp, now=carry_end - timedelta(seconds=O))
+    a, t = ex.episode()
+    ex.fire(t["_id"])
+    b, zero = ex.episode()
+    ex.fire(zero["_id"])
+    ex.episode()
+    ex.at(carry_end + timedelta(seconds=W)).complete(a["_id"], counts("g3-a"))
+    [collect] = ex.episode()
+    ex.complete(collect["_id"], {"reports": {"g2-b": counts("g2-b", stored=4, restarts=1)}, "missing": []})
+    ex.episode()
+    nxt = ex.continued_with
+    assert nxt["totals"]["stored"] == 7 and nxt["totals"]["lostWindows"] == 1 and "g2-b" in nxt["lastError"]["message"]
