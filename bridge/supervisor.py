@@ -83,12 +83,15 @@ def overlap_for(window_seconds: int, polling_seconds: float | None = None) -> in
 
     The next window must be listening before the current one ends, and starting it takes up to two
     queue polls (the timer's episode, then the activity) plus the activity's start:
-    ``overlap > 2 x polling + ACTIVITY_START_SECONDS``. The default is a tenth of the window (2-60 s),
-    raised to satisfy that rule, and never more than a third of the window.
+    ``overlap > 2 x polling + ACTIVITY_START_SECONDS``. The default is a tenth of the window (2-60 s,
+    at most a third of it), raised to satisfy that rule but always below half the window (so that
+    at most two windows run at once and a carried window reports before the next one ends). A window
+    too short for the rule gets that maximum; run two listeners per connection then.
     """
     polling = queue_polling_seconds() if polling_seconds is None else polling_seconds
     needed = math.floor(2 * polling + ACTIVITY_START_SECONDS) + 1
-    return max(1, min(window_seconds // 3, max(min(60, max(2, window_seconds // 10)), needed)))
+    default = max(1, min(60, max(2, window_seconds // 10), window_seconds // 3))
+    return max(default, min(needed, (window_seconds - 1) // 2))
 
 
 def initial_input(settings: Settings, connection: str, listener: int = 1) -> dict:

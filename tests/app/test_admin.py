@@ -120,7 +120,7 @@ def test_overlap_follows_the_queue_polling_rule():
     for polling in (1, 5, 10, 30):
         for window in (60, 120, 300, 600, 1500):
             overlap = supervisor.overlap_for(window, polling)
-            assert overlap <= window // 3
+            assert overlap < window / 2  # at most two windows at once; a carry reports before the next ends
             if window // 3 > 2 * polling + supervisor.ACTIVITY_START_SECONDS:
                 assert overlap > 2 * polling + supervisor.ACTIVITY_START_SECONDS
     assert supervisor.overlap_for(300, 10) == 30 and supervisor.overlap_for(300, 30) == 66

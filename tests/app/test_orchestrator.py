@@ -33,8 +33,9 @@ def counts(window_id, stored=3, **extra):
 
 
 def test_overlap_defaults():
-    assert overlap_for(300) == 30 and overlap_for(1500) == 60 and overlap_for(5) == 1
-    assert all(overlap_for(w) <= w // 3 for w in range(3, 2000))
+    assert overlap_for(300) == 30 and overlap_for(1500) == 60  # host.json: maxQueuePollingInterval 10 s
+    assert overlap_for(5) == 2 and overlap_for(12) == 5  # too short for the polling rule: just below W/2
+    assert all(overlap_for(w) < w / 2 for w in range(3, 2000))
 
 
 def test_first_generation_step_by_step(handle):
