@@ -73,8 +73,10 @@ DEFAULT_INBOUND_QUEUE = "relay-inbound"
 DEFAULT_CLAIM_CHECK_CONTAINER = "relay-claimcheck"
 DEFAULT_LISTENER_WINDOW = 300
 MIN_LISTENER_WINDOW = 5
-MAX_LISTENER_WINDOW = 1500
-"""25 minutes: a window plus its drain must end well inside host.json's functionTimeout (30 min)."""
+MAX_LISTENER_WINDOW = 540
+"""9 minutes: a window plus its close (10 s), drain (5 s) and report ends inside the 10-minute grace a Flex or
+Premium instance gets when a platform update drains it (and well inside host.json's functionTimeout, 30 min);
+a longer window would be killed mid-way by every platform update and re-run late, or lost when it is B."""
 DEFAULT_LISTENERS_PER_CONNECTION = 1
 MAX_LISTENERS_PER_CONNECTION = 25
 """Relay accepts at most 25 listeners per hybrid connection; each orchestration keeps up to three connected
@@ -202,7 +204,7 @@ def _window(env: Mapping[str, str]) -> int:
         raise SettingsError(
             LISTENER_WINDOW_SECONDS,
             f"{value} is out of range; set {MIN_LISTENER_WINDOW}-{MAX_LISTENER_WINDOW} seconds "
-            "(it must stay below host.json functionTimeout, 30 minutes)",
+            "(a window must end inside the 10-minute grace of a platform update, and below functionTimeout)",
         )
     return value
 

@@ -60,8 +60,8 @@ param inboundRoutes array = []
 param routedQueueNames array = []
 
 @minValue(30)
-@maxValue(1500)
-@description('LISTENER_WINDOW_SECONDS: one listener activity window; must stay below functionTimeout (host.json 00:30:00 = 1800 s).')
+@maxValue(540)
+@description('LISTENER_WINDOW_SECONDS: one listener activity window; it must end inside the 10-minute grace of a platform update (and below functionTimeout).')
 param listenerWindowSeconds int = 300
 
 @minValue(1)
@@ -85,6 +85,16 @@ param claimCheckRetentionDays int = 7
 @maxValue(1000)
 @description('Flex Consumption: maximum instance count.')
 param flexMaximumInstanceCount int = 40
+
+@minValue(0)
+@maxValue(10)
+@description('Flex Consumption: always-ready instances of the durable group (orchestrations and the listener windows). 1 keeps the Durable queues polled and the next window starting without a cold start; 0 saves its cost but lets scale-in and cold starts open listener gaps.')
+param flexAlwaysReadyDurable int = 1
+
+@minValue(1)
+@maxValue(1000)
+@description('Flex Consumption: concurrent HTTP invocations per instance. relay_send is async and mostly waits on Relay (up to 70 s); the Python default of 1 gives every waiting caller its own instance (40 max). 16 keeps one instance busy: 16 x 8 MiB (4 MiB body each way) stays far below the instance memory.')
+param flexHttpPerInstanceConcurrency int = 16
 
 @allowed([
   512
@@ -386,6 +396,17 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: flexMaximumInstanceCount
         instanceMemoryMB: flexInstanceMemoryMB
+        alwaysReady: flexAlwaysReadyDurable > 0 ? [
+          {
+            name: 'durable'
+            instanceCount: flexAlwaysReadyDurable
+          }
+        ] : []
+        triggers: {
+          http: {
+            perInstanceConcurrency: flexHttpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
