@@ -204,7 +204,7 @@ def _window(env: Mapping[str, str]) -> int:
         raise SettingsError(
             LISTENER_WINDOW_SECONDS,
             f"{value} is out of range; set {MIN_LISTENER_WINDOW}-{MAX_LISTENER_WINDOW} seconds "
-            "(a window must end inside the 10-minute grace of a platform update, and below functionTimeout)",
+            "(a window must end inside the 10-minute grace of a platform update, and below host.json functionTimeout)",
         )
     return value
 
