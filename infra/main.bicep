@@ -93,7 +93,7 @@ param flexAlwaysReadyDurable int = 1
 
 @minValue(1)
 @maxValue(1000)
-@description('Flex Consumption: concurrent HTTP invocations per instance. relay_send is async and mostly waits on Relay (up to 70 s); the Python default of 1 gives every waiting caller its own instance (40 max). 16 keeps one instance busy: 16 x 8 MiB (4 MiB body each way) stays far below the instance memory.')
+@description('Flex Consumption: concurrent HTTP invocations per instance. relay_send is async and mostly waits on Relay (up to 70 s); the Python default of 1 gives every waiting caller its own instance (40 max). Measured locally: 16 concurrent sends to a listener answering in 1 s finish in 1.5 s in one worker process, about 10 ms CPU each, +14 MB; 16 x 8 MiB (4 MiB body each way) stays far below the instance memory. See docs/deploy.md.')
 param flexHttpPerInstanceConcurrency int = 16
 
 @allowed([
