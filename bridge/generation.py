@@ -76,6 +76,7 @@ def normalize(data: Any) -> dict:
         "lastError": data.get("lastError"),
         "lastWindow": data.get("lastWindow"),
         "online": data.get("online"),
+        "listener": max(1, int(data.get("listener") or 1)),
     }
 
 
@@ -91,9 +92,15 @@ def _error(state: dict, message: str, now: datetime, window_id: str | None = Non
     state["lastError"] = {"message": message[:500], "at": _iso(now), "windowId": window_id}
 
 
+def window_prefix(listener: int) -> str:
+    """Window ids of listener 1 are ``g{n}-a``/``-b``; listener n > 1 prefixes ``l{n}-`` (report blobs must not clash)."""
+    return "" if listener == 1 else f"l{listener}-"
+
+
 def _status(context: Any, state: dict, phase: str, running: list[str]) -> None:
     context.set_custom_status({
         "connection": state["connection"],
+        "listener": state["listener"],
         "generation": state["generation"],
         "phase": phase,
         "online": state["online"],
@@ -103,6 +110,16 @@ def _status(context: Any, state: dict, phase: str, running: list[str]) -> None:
         "lastError": state["lastError"],
         "lastWindow": state["lastWindow"],
     })
+
+
+def _finished(task: Any, window_id: str) -> tuple[dict | None, str | None]:
+    """(result, failure) of a task that has finished: a failed task's ``.result`` is its exception."""
+    result = task.result
+    if isinstance(result, BaseException):
+        return None, f"window {window_id} failed: {result}"
+    if not isinstance(result, dict):
+        return None, f"window {window_id} returned {type(result).__name__}, not its counts"
+    return result, None
 
 
 def run_generation(context: Any) -> Generator[Any, Any, None]:
@@ -118,7 +135,8 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
         yield context.create_timer(_parse(carry["endsAt"]) - timedelta(seconds=overlap))
 
     # 2. Window A and the timer that starts window B.
-    a_id = f"g{gen}-a"
+    prefix = window_prefix(state["listener"])
+    a_id = f"{prefix}g{gen}-a"
     a_started = context.current_utc_datetime
     task_a = context.call_activity(ACTIVITY, {"connection": connection, "seconds": window, "windowId": a_id, "report": False})
     next_timer = context.create_timer(a_started + timedelta(seconds=window - overlap))
@@ -131,7 +149,7 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
     a_failure: str | None = None
     if winner is next_timer:
         # 3. Window B crosses the generation boundary; A's result is awaited here.
-        b_id = f"g{gen}-b"
+        b_id = f"{prefix}g{gen}-b"
         b_started = context.current_utc_datetime
         task_b = context.call_activity(ACTIVITY, {"connection": connection, "seconds": window, "windowId": b_id, "report": True})
         new_carry = {"windowId": b_id, "startedAt": _iso(b_started), "endsAt": _iso(b_started + timedelta(seconds=window))}
@@ -141,14 +159,28 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
         # for it: race it against a timer due now, so B starts and the generation moves on.
         yield context.task_any([task_b, context.create_timer(b_started)])
         try:
-            a_result = yield task_a
-        except Exception as exc:  # the activity itself failed (host timeout, crash)
-            a_failure = f"window {a_id} failed: {exc}"
+            yield task_a
+        except Exception:  # the activity itself failed (host timeout, crash): recorded below
+            pass
+        a_result, a_failure = _finished(task_a, a_id)
     else:
+        # A ended before its timer. The SDK's task_any returns the finished child even when it
+        # *failed*; a failed task's .result is then the exception, not a dict.
         next_timer.cancel()
-        a_result = task_a.result
-        if a_result and a_result.get("ok", True):
+        a_result, a_failure = _finished(task_a, a_id)
+        if a_result is not None and a_result.get("ok", True):
             a_failure = f"window {a_id} ended after {a_result.get('seconds')} s instead of {window} s"
+        if a_result is None or a_result.get("ok", True):
+            # A could listen (or crashed as an activity: worker died, instance recycled): start the
+            # replacement at once instead of backing off, so the outage is only the scheduling lag.
+            # A window that could not listen at all (ok: false) backs off below instead.
+            b_id = f"{prefix}g{gen}-b"
+            b_started = context.current_utc_datetime
+            task_b = context.call_activity(ACTIVITY, {"connection": connection, "seconds": window, "windowId": b_id, "report": True})
+            new_carry = {"windowId": b_id, "startedAt": _iso(b_started), "endsAt": _iso(b_started + timedelta(seconds=window))}
+            running = running + [b_id]
+            _status(context, state, "listening", [r for r in running if r != a_id])
+            yield context.task_any([task_b, context.create_timer(b_started)])
     now = context.current_utc_datetime
     running = [r for r in running if r != a_id]
 
@@ -158,12 +190,21 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
         if report_due > context.current_utc_datetime:
             _status(context, state, "collecting", running)
             yield context.create_timer(report_due)
+        collect = context.call_activity(COLLECT, {"connection": connection, "windowIds": [carry["windowId"]],
+                                                  "staleSeconds": 3 * window})
         try:
-            collected = yield context.call_activity(COLLECT, {"connection": connection, "windowIds": [carry["windowId"]]})
-        except Exception as exc:
-            collected = {"reports": {}, "missing": [carry["windowId"]], "error": str(exc)}
+            yield collect
+        except Exception:
+            pass
+        collected = collect.result
+        if not isinstance(collected, dict):
+            collected = {"reports": {}, "missing": [carry["windowId"]], "error": str(collected)}
         for counts in (collected.get("reports") or {}).values():
             _add(state, counts)
+            if counts.get("restarts"):
+                state["totals"]["lostWindows"] += 1
+                _error(state, f"window {counts.get('windowId')} was interrupted (worker lost) and ran again; its counts "
+                              "since its last heartbeat before the interruption are missing", now, counts.get("windowId"))
             if not counts.get("ok", True):
                 state["totals"]["failedWindows"] += 1
                 _error(state, counts.get("lastError") or "window failed", now, counts.get("windowId"))
@@ -181,6 +222,10 @@ def run_generation(context: Any) -> Generator[Any, Any, None]:
             _error(state, a_result["lastError"], now, a_id)
     if a_failure is None and a_result is not None and not a_result.get("ok", True):
         a_failure = a_result.get("lastError") or f"window {a_id} could not listen"
+    if a_result is None and a_failure is not None:
+        # The activity failed (worker died, instance recycled, timeout): its counts died with it,
+        # although what it acknowledged is stored. Count it with the windows whose report is lost.
+        state["totals"]["lostWindows"] += 1
     if a_failure is not None:
         state["totals"]["failedWindows"] += 1
         state["consecutiveFailures"] += 1

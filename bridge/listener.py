@@ -41,6 +41,9 @@ log = logging.getLogger("bridge.listener")
 
 RETRY_AFTER_SECONDS = 5
 REPORT_PREFIX = "_listener-reports"
+STATUS_PREFIX = "_listener-status"
+HEARTBEAT_SECONDS = 3.0
+"""How often a running window writes its live counts to its heartbeat blob (the admin status route reads them)."""
 _WS_HANDSHAKE_PREFIXES = ("sec-websocket-", "connection", "upgrade", "host")
 
 
@@ -58,6 +61,7 @@ class WindowCounts:
     stored: int = 0
     claimChecked: int = 0
     storeFailures: int = 0
+    restarts: int = 0
     lastError: str | None = None
     startedAt: str = ""
     endedAt: str = ""
@@ -147,8 +151,11 @@ async def run_window(settings: Settings, connection: str, seconds: float, *, win
     window = _Window(settings, connection, counts)
     started = time.monotonic()
 
+    beat_now = asyncio.Event()
+
     def went_online() -> None:
         counts.online = True
+        beat_now.set()  # the status route shows "online" within moments, not a heartbeat later
 
     listener = HybridConnectionListener(
         settings.relay_address(connection),
@@ -158,6 +165,8 @@ async def run_window(settings: Settings, connection: str, seconds: float, *, win
         on_online=went_online,
     )
     streams: set[asyncio.Task] = set()
+    await _resume_counts(settings, counts)
+    heartbeat = asyncio.get_running_loop().create_task(_heartbeat(settings, counts, seconds, beat_now))
 
     async def accept_loop() -> None:
         async for stream in listener:
@@ -185,9 +194,73 @@ async def run_window(settings: Settings, connection: str, seconds: float, *, win
         counts.ok = False
         counts.lastError = _error_text(exc)
         log.warning("listener window on %s failed: %s", connection, counts.lastError)
+    finally:
+        heartbeat.cancel()  # a crashed worker leaves its last heartbeat behind; it goes stale
     counts.seconds = round(time.monotonic() - started, 3)
     counts.endedAt = fanin.utc_now_text()
+    await _end_heartbeat(settings, counts)
     return counts
+
+
+def heartbeat_blob_name(connection: str, window_id: str) -> str:
+    return f"{STATUS_PREFIX}/{connection}/{window_id}.json"
+
+
+async def _heartbeat(settings: Settings, counts: WindowCounts, seconds: float, wake: asyncio.Event) -> None:
+    """Write the window's live counts every HEARTBEAT_SECONDS (best effort: never disturbs the window)."""
+    name = heartbeat_blob_name(counts.connection, counts.windowId)
+    while True:
+        try:
+            container = await storage.container(settings.claim_check_container)
+            await container.upload_blob(name, json.dumps({**counts.to_json(), "updatedAt": fanin.utc_now_text(),
+                                                          "plannedSeconds": seconds}), overwrite=True)
+        except Exception as exc:
+            log.debug("%s: heartbeat of window %s not written: %s", counts.connection, counts.windowId, _error_text(exc))
+        try:
+            await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        wake.clear()
+
+
+async def _resume_counts(settings: Settings, counts: WindowCounts) -> None:
+    """A heartbeat left by this very window id means an earlier delivery died (work items are at least once):
+    continue from its counts and say so (``restarts``), so the orchestration counts the window as lost."""
+    try:
+        container = await storage.container(settings.claim_check_container)
+        data = await (await container.get_blob_client(heartbeat_blob_name(counts.connection, counts.windowId)).download_blob()).readall()
+        earlier = json.loads(data)
+    except Exception:  # none (the normal case) or unreadable
+        return
+    for key in ("httpRequests", "wsStreams", "wsMessages", "stored", "claimChecked", "storeFailures", "restarts"):
+        setattr(counts, key, int(earlier.get(key) or 0))
+    counts.restarts += 1
+    counts.queues = dict(earlier.get("queues") or {})
+    log.warning("%s: window %s runs again after its worker was lost (restart %d)", counts.connection, counts.windowId, counts.restarts)
+
+
+async def _end_heartbeat(settings: Settings, counts: WindowCounts) -> None:
+    try:
+        container = await storage.container(settings.claim_check_container)
+        await container.delete_blob(heartbeat_blob_name(counts.connection, counts.windowId))
+    except Exception:  # not written yet, or storage down: it goes stale and is cleaned up later
+        pass
+
+
+async def read_heartbeats(settings: Settings, connection: str) -> list[dict]:
+    """The heartbeat blobs of ``connection``'s windows (each with ``updatedAt``), oldest first."""
+    container = await storage.container(settings.claim_check_container)
+    prefix = f"{STATUS_PREFIX}/{connection}/"
+    beats = []
+    async for item in container.list_blobs(name_starts_with=prefix):
+        if "/" in item.name[len(prefix):]:
+            continue  # a longer connection name ("orders/eu" under "orders")
+        try:
+            data = await (await container.get_blob_client(item.name).download_blob()).readall()
+            beats.append(json.loads(data))
+        except (ResourceNotFoundError, ValueError):
+            continue
+    return sorted(beats, key=lambda b: b.get("startedAt") or "")
 
 
 def report_blob_name(connection: str, window_id: str) -> str:
@@ -200,9 +273,27 @@ async def write_report(settings: Settings, counts: WindowCounts) -> None:
     await container.upload_blob(report_blob_name(counts.connection, counts.windowId), json.dumps(counts.to_json()), overwrite=True)
 
 
-async def collect_reports(settings: Settings, connection: str, window_ids: list[str]) -> dict:
-    """Read and delete the report blobs of ``window_ids``: ``{"reports": {id: counts}, "missing": [ids]}``."""
+async def collect_reports(settings: Settings, connection: str, window_ids: list[str], stale_seconds: float | None = None) -> dict:
+    """Read and delete the report blobs of ``window_ids``: ``{"reports": {id: counts}, "missing": [ids]}``.
+
+    Also deletes the heartbeats those windows may have left (a crashed worker leaves its last one) and,
+    with ``stale_seconds``, every heartbeat of the connection not updated for that long.
+    """
     container = await storage.container(settings.claim_check_container)
+    for window_id in window_ids:
+        try:
+            await container.delete_blob(heartbeat_blob_name(connection, window_id))
+        except ResourceNotFoundError:
+            pass
+    if stale_seconds:
+        prefix = f"{STATUS_PREFIX}/{connection}/"
+        cutoff = time.time() - stale_seconds
+        async for item in container.list_blobs(name_starts_with=prefix):
+            if "/" not in item.name[len(prefix):] and item.last_modified and item.last_modified.timestamp() < cutoff:
+                try:
+                    await container.delete_blob(item.name)
+                except ResourceNotFoundError:
+                    pass
     reports, missing = {}, []
     for window_id in window_ids:
         blob = container.get_blob_client(report_blob_name(connection, window_id))

@@ -48,4 +48,5 @@ async def listener_window(window: dict) -> dict:
 @bp.activity_trigger(input_name="request")
 async def collect_listener_reports(request: dict) -> dict:
     """Read and delete the report blobs of ``request["windowIds"]`` (see bridge.listener)."""
-    return await collect_reports(get_settings(), request["connection"], list(request["windowIds"]))
+    return await collect_reports(get_settings(), request["connection"], list(request["windowIds"]),
+                                 stale_seconds=request.get("staleSeconds"))

@@ -29,6 +29,7 @@ INBOUND_ROUTES = "INBOUND_ROUTES"
 INBOUND_DEFAULT_QUEUE = "INBOUND_DEFAULT_QUEUE"
 CLAIM_CHECK_CONTAINER = "CLAIM_CHECK_CONTAINER"
 LISTENER_WINDOW_SECONDS = "LISTENER_WINDOW_SECONDS"
+RELAY_LISTENERS_PER_CONNECTION = "RELAY_LISTENERS_PER_CONNECTION"
 
 STORAGE_CONNECTION = "BridgeStorage"
 """Connection prefix of the app's own queues and blobs (also the queue trigger's ``connection``)."""
@@ -48,6 +49,7 @@ SETTING_NAMES: tuple[str, ...] = (
     INBOUND_DEFAULT_QUEUE,
     CLAIM_CHECK_CONTAINER,
     LISTENER_WINDOW_SECONDS,
+    RELAY_LISTENERS_PER_CONNECTION,
     STORAGE_CONNECTION,
     STORAGE_QUEUE_URI,
     STORAGE_BLOB_URI,
@@ -71,8 +73,14 @@ DEFAULT_INBOUND_QUEUE = "relay-inbound"
 DEFAULT_CLAIM_CHECK_CONTAINER = "relay-claimcheck"
 DEFAULT_LISTENER_WINDOW = 300
 MIN_LISTENER_WINDOW = 5
-MAX_LISTENER_WINDOW = 1500
-"""25 minutes: a window plus its drain must end well inside host.json's functionTimeout (30 min)."""
+MAX_LISTENER_WINDOW = 540
+"""9 minutes: a window plus its close (10 s), drain (5 s) and report ends inside the 10-minute grace a Flex or
+Premium instance gets when a platform update drains it (and well inside host.json's functionTimeout, 30 min);
+a longer window would be killed mid-way by every platform update and re-run late, or lost when it is B."""
+DEFAULT_LISTENERS_PER_CONNECTION = 1
+MAX_LISTENERS_PER_CONNECTION = 25
+"""Relay accepts at most 25 listeners per hybrid connection; each orchestration keeps up to three connected
+during a handover, so more than 8 leaves no headroom (the setting allows what Relay allows)."""
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::\d{1,5})?$")
 _ENTITY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,258}[A-Za-z0-9])?$")
@@ -121,6 +129,7 @@ class Settings:
     claim_check_container: str
     listener_window_seconds: int
     storage: StorageSettings
+    listeners_per_connection: int = DEFAULT_LISTENERS_PER_CONNECTION
 
     def relay_address(self, connection: str) -> str:
         """``sb://{namespace}/{connection}``, the address the relay library takes."""
@@ -195,8 +204,23 @@ def _window(env: Mapping[str, str]) -> int:
         raise SettingsError(
             LISTENER_WINDOW_SECONDS,
             f"{value} is out of range; set {MIN_LISTENER_WINDOW}-{MAX_LISTENER_WINDOW} seconds "
-            "(it must stay below host.json functionTimeout, 30 minutes)",
+            "(a window must end inside the 10-minute grace of a platform update, and below host.json functionTimeout)",
         )
+    return value
+
+
+def _listeners(env: Mapping[str, str]) -> int:
+    raw = _text(env, RELAY_LISTENERS_PER_CONNECTION)
+    if not raw:
+        return DEFAULT_LISTENERS_PER_CONNECTION
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(RELAY_LISTENERS_PER_CONNECTION, f"{raw!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LISTENERS_PER_CONNECTION:
+        raise SettingsError(RELAY_LISTENERS_PER_CONNECTION,
+                            f"{value} is out of range; set 1-{MAX_LISTENERS_PER_CONNECTION} "
+                            "(Relay accepts at most 25 listeners per hybrid connection)")
     return value
 
 
@@ -261,6 +285,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         claim_check_container=container,
         listener_window_seconds=_window(env),
         storage=_storage(env),
+        listeners_per_connection=_listeners(env),
     )
 
 

@@ -1,4 +1,4 @@
-"""host.json: the parts devhost honours (queue extension, durableTask hub name, function timeout).
+"""host.json: the parts devhost honours (queue extension, durableTask hub name and polling, function timeout).
 
 Like the Functions host, app settings named ``AzureFunctionsJobHost__<path>`` override host.json
 values (``__`` separates the levels, names are case-insensitive), e.g.
@@ -54,6 +54,8 @@ class HostConfig:
     function_timeout: float | None = None
     overridable_states: str = "AnyState"
     max_activities: int | None = None
+    max_queue_polling_interval: float | None = None
+    """``durableTask.storageProvider.maxQueuePollingInterval`` in seconds (None: unset, the provider's 30 s)."""
     route_prefix: str = "api"
     raw: dict = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
@@ -108,6 +110,8 @@ def load_host_config(app_dir: Path, environ=os.environ) -> HostConfig:
         message_encoding=str(q.get("messageencoding", "base64")).lower(),
     )
     durable = {k.lower(): v for k, v in (_get(ext, "durableTask") or {}).items()}
+    provider = {k.lower(): v for k, v in (_get(_get(ext, "durableTask") or {}, "storageProvider") or {}).items()}
+    polling = provider.get("maxqueuepollinginterval")
     timeout = _get(raw, "functionTimeout")
     return HostConfig(
         queues=queues,
@@ -115,6 +119,7 @@ def load_host_config(app_dir: Path, environ=os.environ) -> HostConfig:
         function_timeout=parse_timespan(timeout, 0) if timeout not in (None, "-1") else None,
         overridable_states=str(durable.get("overridableexistinginstancestates") or "AnyState"),
         max_activities=int(durable["maxconcurrentactivityfunctions"]) if "maxconcurrentactivityfunctions" in durable else None,
+        max_queue_polling_interval=parse_timespan(polling, 30.0) if polling is not None else None,
         route_prefix=str((_get(_get(ext, "http") or {}, "routePrefix", "api")) or "").strip("/"),
         raw=raw,
         overrides=overrides,

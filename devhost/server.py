@@ -15,6 +15,7 @@ from . import settings as settings_mod
 from .durable.api import PREFIX as DURABLE_PREFIX
 from .durable.api import client_binding
 from .durable.api import routes as durable_routes
+from .durable.realism import load_realism
 from .durable.service import DurableService
 from .hostconfig import HostConfig, load_host_config
 from .http_host import HttpHost
@@ -61,9 +62,12 @@ class Host:
         self.queue_store = QueueStore(self.config.queues)
         self.invoker.output_handlers["queue"] = self.queue_store.output_handler
         self.invoker.input_providers["durableClient"] = self._durable_client
+        self.realism = load_realism(self.config.max_queue_polling_interval)
+        if self.realism.enabled:
+            log.info("durable: realistic timing: %s", self.realism.describe())
         self.durable = DurableService(self.index, self.invoker, self.state_dir / "durable.sqlite",
                                       self.config.hub_name, self.config.overridable_states,
-                                      self.config.max_activities)
+                                      self.config.max_activities, realism=self.realism)
         self.http = HttpHost(self.index.by_trigger("httpTrigger"), self.invoker, self.keys, self.config.route_prefix)
         self._tasks: list[asyncio.Task] = []
         self._listeners: list[QueueListener] = []

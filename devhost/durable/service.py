@@ -27,6 +27,7 @@ from ..invoker import Invoker, describe_exception
 from ..loader import FunctionIndex
 from . import history as h
 from .engine import build_context, decide, run_handle
+from .realism import FaultRule, Realism
 from .store import Instance, Store, WorkItem
 
 log = logging.getLogger("devhost.durable")
@@ -57,7 +58,8 @@ class DurableService:
     """Owns the store and every running orchestration of the app's task hub."""
 
     def __init__(self, index: FunctionIndex, invoker: Invoker, db_path: Path, hub_name: str,
-                 overridable_states: str = "AnyState", max_activities: int | None = None) -> None:
+                 overridable_states: str = "AnyState", max_activities: int | None = None,
+                 realism: Realism | None = None) -> None:
         self.index = index
         self.invoker = invoker
         self.store = Store(db_path)
@@ -69,6 +71,7 @@ class DurableService:
         self._activities: dict[tuple[str, str, int], asyncio.Task] = {}
         self._activity_slots = asyncio.Semaphore(max_activities or 10 * (os.cpu_count() or 1))
         self._closed = False
+        self.realism = realism or Realism()
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -200,6 +203,9 @@ class DurableService:
 
     async def _drain(self, instance_id: str) -> None:
         while instance_id in self._dirty:
+            lag = self.realism.dispatch_lag()
+            if lag:  # the control-queue poll that finds the message (events arriving meanwhile join it)
+                await asyncio.sleep(lag)
             self._dirty.discard(instance_id)
             try:
                 await self._episode(instance_id)
@@ -313,11 +319,45 @@ class DurableService:
                                if self._activities.get(key) is t else None)
 
     async def _activity(self, item: WorkItem) -> None:
+        while True:
+            lag = self.realism.dispatch_lag()
+            if lag:  # the work-item queue poll that finds the message
+                await asyncio.sleep(lag)
+            redeliver_after = await self._activity_once(item)
+            if redeliver_after is None:
+                return
+            await asyncio.sleep(redeliver_after)  # the recycled instance's lease runs out, then redelivery
+
+    async def _invoke_supervised(self, item: WorkItem, call, rule: FaultRule | None):
+        """Await the invocation; kill it when a fault rule or the platform-update grace says so.
+
+        Returns ``(None, result)`` when it finished, else ``((kind, downtime), None)`` after cancelling it.
+        """
+        task = asyncio.ensure_future(call)
+        limits = []
+        if rule is not None:
+            limits.append((rule.after, rule.kind, rule.downtime))
+        if self.realism.platform_kill_after:
+            limits.append((self.realism.platform_kill_after, "platform-update", 5.0 * self.realism.time_scale))
+        if not limits:
+            return None, await task
+        after, kind, downtime = min(limits, key=lambda x: x[0])
+        done, _ = await asyncio.wait({task}, timeout=after)
+        if done:
+            return None, task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        log.warning("durable fault: %s of activity %s (instance %s, task %d, input %s) at %s after %.1f s",
+                    kind, item.name, item.instance_id, item.event_id, (item.input or "")[:200], h.stamp(), after)
+        return (kind, downtime), None
+
+    async def _activity_once(self, item: WorkItem) -> float | None:
+        """One delivery of a work item; returns the downtime before the next delivery, None when done."""
         instance_id, execution_id, event_id, name = item.instance_id, item.execution_id, item.event_id, item.name
         info = self.index.get(name, "activityTrigger")
         async with self._activity_slots:
             if self._closed:
-                return
+                return None
             attempt = self.store.mark_work_item_running(item.key, h.stamp())
             if attempt > 1:
                 log.info("durable: activity %s (instance %s, task %d) delivered again (attempt %d)",
@@ -330,9 +370,17 @@ class DurableService:
                     argument = ActivityTriggerConverter.decode(
                         meta.Datum(type="json", value=item.input if item.input is not None else "null"),
                         trigger_metadata=None)
-                    result = await self.invoker.call(info, {info.trigger["name"]: argument})
-                    encoded = ActivityTriggerConverter.encode(result.return_value, expected_type=None).value
-                    event = h.task_completed(event_id, encoded)
+                    rule = self.realism.fault_for(name, instance_id, item.input)
+                    killed, result = await self._invoke_supervised(
+                        item, self.invoker.call(info, {info.trigger["name"]: argument}), rule)
+                    if killed is not None and killed[0] != "crash":
+                        return killed[1]  # recycled: the work item stays and is delivered again
+                    if killed is not None:
+                        reason = "the worker process exited unexpectedly (devhost fault injection: crash)"
+                        event = h.task_failed(event_id, f"Activity function '{name}' failed: {reason}", reason)
+                    else:
+                        encoded = ActivityTriggerConverter.encode(result.return_value, expected_type=None).value
+                        event = h.task_completed(event_id, encoded)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -341,7 +389,7 @@ class DurableService:
                     event = h.task_failed(event_id, f"Activity function '{name}' failed: {describe_exception(exc)}",
                                           "".join(traceback.format_exception(exc)))
         if self._closed:
-            return  # the work item stays: it runs again on the next start
+            return None  # the work item stays: it runs again on the next start
         inst = self.store.get(instance_id)
         if inst is None or inst.execution_id != execution_id or inst.is_terminal:
             with self.store.transaction():
@@ -350,8 +398,9 @@ class DurableService:
                      f"is {inst.status}" if inst.execution_id == execution_id else "continued as new")
             log.info("durable: result of activity %s (task %d, execution %s) discarded: instance %s %s",
                      name, event_id, execution_id, instance_id, state)
-            return
+            return None
         with self.store.transaction():
             self.store.enqueue(instance_id, execution_id, event)
             self.store.delete_work_item(item.key)
         self._kick(instance_id)
+        return None

@@ -33,8 +33,9 @@ def counts(window_id, stored=3, **extra):
 
 
 def test_overlap_defaults():
-    assert overlap_for(300) == 30 and overlap_for(1500) == 60 and overlap_for(5) == 1
-    assert all(overlap_for(w) <= w // 3 for w in range(3, 2000))
+    assert overlap_for(300) == 30 and overlap_for(1500) == 60  # host.json: maxQueuePollingInterval 10 s
+    assert overlap_for(5) == 2 and overlap_for(12) == 5  # too short for the polling rule: just below W/2
+    assert all(overlap_for(w) < w / 2 for w in range(3, 2000))
 
 
 def test_first_generation_step_by_step(handle):
@@ -125,6 +126,7 @@ def test_an_activity_exception_is_recorded_and_does_not_end_the_loop(handle):
     nxt = ex.continued_with
     assert nxt is not None, ex.state
     assert nxt["totals"]["failedWindows"] == 1 and "Timeout value" in nxt["lastError"]["message"]
+    assert nxt["totals"]["lostWindows"] == 1
     assert nxt["carry"]["windowId"] == "g0-b"  # B keeps a listener connected
 
 
@@ -211,3 +213,86 @@ def test_generations_recover_after_consecutive_failures(handle):
     assert sim.input["consecutiveFailures"] == 0 and sim.input["online"] is True
     assert sim.input["totals"]["failedWindows"] == 2
     assert "401" in sim.input["lastError"]["message"]
+
+
+def test_window_a_failing_before_its_timer_is_recorded_and_replaced_at_once(handle):
+    """A fails as an activity before the W - O timer: task_any returns the failed A, whose .result is an exception.
+
+    Before the fix the orchestration went to Failed ("'Exception' object has no attribute 'get'").
+    """
+    ex = Execution(handle, "listener_orchestrator", start_input(totals={"windows": 4, "stored": 11}), now=T0)
+    a, timer = ex.episode()
+    ex.at(T0 + timedelta(seconds=12)).fail(a["_id"], "Activity function 'listener_window' failed: worker process exited")
+    new = ex.episode()
+    assert ex.state.get("error") is None, ex.state
+    assert ex.actions[timer["_id"]]["isCanceled"] is True
+    b, zero = new  # a crash is not a listen failure: the replacement starts at once, no backoff
+    assert b["actionType"] == CALL_ACTIVITY and '"windowId": "g0-b"' in b["input"] and '"report": true' in b["input"]
+    assert parse_time(zero["fireAt"]) == T0 + timedelta(seconds=12)
+    ex.fire(zero["_id"])
+    ex.episode()
+    nxt = ex.continued_with
+    assert nxt is not None, ex.state
+    assert nxt["totals"]["failedWindows"] == 1 and nxt["totals"]["stored"] == 11 and nxt["totals"]["windows"] == 4
+    assert nxt["consecutiveFailures"] == 1 and nxt["carry"]["windowId"] == "g0-b"
+    assert nxt["totals"]["lostWindows"] == 1  # its counts died with the worker (what it acknowledged is stored)
+    assert parse_time(nxt["carry"]["endsAt"]) == T0 + timedelta(seconds=12 + W)
+    assert "worker process exited" in nxt["lastError"]["message"] and nxt["lastError"]["windowId"] == "g0-a"
+    assert ex.custom_status["phase"] == "continuing"
+
+
+def test_window_a_failing_before_its_timer_while_a_carry_runs_still_collects_the_carry(handle):
+    """Failed A with a carried window: the replacement starts, the carry's report is still collected."""
+    carry_end = T0 + timedelta(seconds=W)
+    inp = start_input(generation=2, totals={"windows": 3, "stored": 9},
+                      carry={"windowId": "g1-b", "startedAt": "x", "endsAt": carry_end.isoformat()})
+    ex = Execution(handle, "listener_orchestrator", inp, now=carry_end - timedelta(seconds=O))
+    a, timer = ex.episode()
+    ex.at(carry_end - timedelta(seconds=O - 3)).fail(a["_id"], "Activity function 'listener_window' failed: killed")
+    b, zero = ex.episode()
+    assert ex.state.get("error") is None, ex.state
+    ex.fire(zero["_id"])
+    [collect_timer] = ex.episode()  # the carry's report is due after it ends
+    ex.fire(collect_timer["_id"])
+    [collect] = ex.episode()
+    ex.complete(collect["_id"], {"reports": {"g1-b": counts("g1-b", stored=4)}, "missing": []})
+    ex.episode()
+    nxt = ex.continued_with
+    assert nxt["totals"]["stored"] == 13 and nxt["totals"]["windows"] == 4 and nxt["totals"]["failedWindows"] == 1
+    assert "killed" in nxt["lastError"]["message"] and nxt["carry"]["windowId"] == "g2-b"
+
+
+def test_a_failed_collect_activity_counts_the_carry_as_lost(handle):
+    carry_end = T0 + timedelta(seconds=W)
+    inp = start_input(generation=3, carry={"windowId": "g2-b", "startedAt": "x", "endsAt": carry_end.isoformat()})
+    ex = Execution(handle, "listener_orchestrator", inp, now=carry_end - timedelta(seconds=O))
+    a, t = ex.episode()
+    ex.fire(t["_id"])
+    b, zero = ex.episode()
+    ex.fire(zero["_id"])
+    ex.episode()
+    ex.at(carry_end + timedelta(seconds=W)).complete(a["_id"], counts("g3-a"))
+    [collect] = ex.episode()
+    ex.fail(collect["_id"], "Activity function 'collect_listener_reports' failed: storage down")
+    ex.episode()
+    nxt = ex.continued_with
+    assert nxt is not None, ex.state
+    assert nxt["totals"]["lostWindows"] == 1 and "storage down" in nxt["lastError"]["message"]
+    assert nxt["totals"]["windows"] == 1 and nxt["totals"]["stored"] == 3
+
+
+def test_a_report_of_a_window_that_ran_again_counts_it_lost(handle):
+    carry_end = T0 + timedelta(seconds=W)
+    inp = start_input(generation=3, carry={"windowId": "g2-b", "startedAt": "x", "endsAt": carry_end.isoformat()})
+    ex = Execution(handle, "listener_orchestrator", inp, now=carry_end - timedelta(seconds=O))
+    a, t = ex.episode()
+    ex.fire(t["_id"])
+    b, zero = ex.episode()
+    ex.fire(zero["_id"])
+    ex.episode()
+    ex.at(carry_end + timedelta(seconds=W)).complete(a["_id"], counts("g3-a"))
+    [collect] = ex.episode()
+    ex.complete(collect["_id"], {"reports": {"g2-b": counts("g2-b", stored=4, restarts=1)}, "missing": []})
+    ex.episode()
+    nxt = ex.continued_with
+    assert nxt["totals"]["stored"] == 7 and nxt["totals"]["lostWindows"] == 1 and "g2-b" in nxt["lastError"]["message"]
