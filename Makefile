@@ -38,7 +38,7 @@ run: setup
 	$(PY) -m devhost.run
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_CHECKOV) node_modules .local
