@@ -100,7 +100,7 @@ async def http_listener_run(emu, listener_cmd: list[str], entity: str, args, env
             await process.stdin.drain()
             load = await run_worker(
                 PY, "-m", "bench.http_load", url, token, emu.info["ca_cert"], str(args.seconds), str(args.size),
-                str(concurrency), on_mark=_meter_marks(meter),
+                str(concurrency), "--warmup", "20" if args.quick else "100", on_mark=_meter_marks(meter),
             )
             process.stdin.write(b"report\n")
             await process.stdin.drain()

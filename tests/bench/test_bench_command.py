@@ -1,28 +1,63 @@
-"""`make bench` keeps working: a very short run writes the JSON and the chart (no timing asserted)."""
+"""`make bench` keeps working: quick runs write the JSON and the charts (no timing asserted).
+
+Two runs, so each half stays small: the relay figures (Python vs Node, emulator CPU, ratios)
+and the bridge figures (the real app under devhost with Azurite and the emulator).
+"""
 
 import asyncio
 import json
 import sys
 
+import pytest
+
 from emulator.launcher import REPO_ROOT
 
 
-async def test_short_bench_run_writes_json_and_png(tmp_path):
-    out = tmp_path / "result.json"
+async def run_bench(out, *args: str, timeout: float = 110) -> dict:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench", "--seconds", "0.3", "--repeat", "1", "--sends", "300", "--out", str(out),
-        cwd=str(REPO_ROOT), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "bench", "--quick", *args, "--out", str(out),
+        cwd=str(REPO_ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(process.communicate(), 150)
+    stdout, err = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode == 0, err.decode()[-3000:]
-    report = json.loads(out.read_text())
+    assert "| goal (issue 14) |" in stdout.decode()
+    return json.loads(out.read_text())
+
+
+async def test_quick_relay_run_reports_emulator_cpu_and_ratios(tmp_path):
+    report = await run_bench(tmp_path / "result.json", "--only", "relay")
     results = report["results"]
-    assert set(results["ws_echo"]) == {"python relay", "python relay + uvloop", "node hyco-ws"}
-    assert set(results["http"]) == {"python relay", "python relay + uvloop", "node hyco-https"}
+    assert set(results["ws_echo"]) == {"python relay", "node hyco-ws"}
+    assert set(results["http"]) == {"python relay", "node hyco-https"}
     for run in results["ws_echo"].values():
-        assert run["count"] > 0 and run["cpu_us_per_message"] > 0
+        assert run["count"] > 0 and run["cpu_us_per_message"] > 0 and run["emulator_cpu_us_per_message"] > 0
     for run in results["http"].values():
-        assert run["c1"]["errors"] == 0 and run["c16"]["errors"] == 0 and run["c16"]["count"] > 0
+        for key in ("c1", "c16"):
+            assert run[key]["errors"] == 0 and run[key]["count"] > 0
+            assert run[key]["listener_cpu_us_per_request"] > 0 and run[key]["sender_cpu_us_per_request"] > 0
+            assert run[key]["emulator_cpu_us_per_message"] > 0
+    ratios = report["ratios"]
+    assert set(ratios["ws_echo"]["python relay"]) == {"cpu", "throughput", "p99", "emulator_cpu"}
+    assert ratios["http"]["python relay"]["c16"]["cpu"] > 0
+    assert {goal["goal"] for goal in report["goals"] if goal["value"] is not None} >= {
+        "WebSocket echo CPU/msg vs hyco-ws", "HTTP req/s vs hyco-https, c=16"}
     # One token for every send of the run: the credential's cache works across requests.
     assert results["tokens"]["token_fetches"] == 1
-    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert (tmp_path / "result.png").stat().st_size > 10_000
+    assert not (tmp_path / "result-bridge.png").exists()
+
+
+@pytest.mark.slow
+async def test_quick_bridge_run_loses_nothing(tmp_path):
+    report = await run_bench(tmp_path / "result.json", "--only", "relay_send,queue_send,fanin")
+    bridge = report["results"]["bridge"]
+    for key in ("c1", "c16"):
+        for side in ("bridge", "direct"):
+            assert bridge["relay_send"][key][side]["count"] > 0 and bridge["relay_send"][key][side]["errors"] == 0
+    queue = bridge["queue_send"]
+    assert queue["bridge"]["lost"] == 0 and queue["bridge"]["poisoned"] == 0 and queue["direct"]["lost"] == 0
+    fanin = bridge["fanin"]
+    assert fanin["bridge"]["lost"] == 0 and fanin["bridge"]["accepted"] > 0 and fanin["bridge"]["listeners_seen"] >= 1
+    assert fanin["azurite"]["count"] > 0
+    assert set(report["ratios"]["bridge"]) == {"relay_send", "queue_send", "fanin"}
+    assert (tmp_path / "result-bridge.png").stat().st_size > 10_000
