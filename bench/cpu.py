@@ -28,7 +28,10 @@ def _from_schedstat(pid: int) -> float | None:
     return total / 1e9 if seen else None
 
 
-def _from_stat(pid: int) -> float | None:
+def user_system_seconds(pid: int | None) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of ``pid`` from ``/proc/PID/stat`` (clock-tick resolution), or None."""
+    if pid is None:
+        return None
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -36,7 +39,12 @@ def _from_stat(pid: int) -> float | None:
     # Fields after the command name (which may contain spaces) start after the last ')'.
     fields = text[text.rindex(")") + 2:].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    return int(fields[11]) / ticks, int(fields[12]) / ticks  # utime, stime (fields 14 and 15 of stat)
+
+
+def _from_stat(pid: int) -> float | None:
+    split = user_system_seconds(pid)
+    return None if split is None else split[0] + split[1]
 
 
 def process_cpu_seconds(pid: int | None) -> float | None:
