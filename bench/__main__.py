@@ -3,7 +3,8 @@
     make bench                                   # the full run (≈ 8-10 min on 2 cores)
     make bench BENCH_ARGS="--quick"              # the smoke run: every figure, tiny counts
     python -m bench [--quick] [--rounds 3] [--seconds 5] [--only GROUP,...] [--out PATH]
-    python -m bench --update-readme [--out PATH] # README tables from a saved report, nothing run
+    python -m bench --update-readme [--out PATH] [--range EARLIER.json ...]
+                                                 # README tables from saved reports, nothing run
 
 Groups for ``--only`` (comma-separated): relay figures ``raw`` (loopback floor, no relay),
 ``ws_echo``, ``http``, ``tokens``; bridge figures ``relay_send``, ``queue_send``, ``fanin``,
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="the JSON report (PNGs go beside it)")
     parser.add_argument("--update-readme", action="store_true",
                         help="rewrite README.md's bench tables from --out (run nothing)")
+    parser.add_argument("--range", nargs="+", type=Path, default=[], metavar="REPORT",
+                        help="with --update-readme: earlier reports whose goal ratios give the range column")
     args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds if args.seconds is not None else (0.3 if quick else 5.0)
@@ -114,10 +117,11 @@ def cli(argv: list[str] | None = None) -> int:
     if args.update_readme:
         try:
             report = json.loads(args.out.read_text())
+            others = [add_ratios(json.loads(path.read_text())) for path in args.range]
         except (OSError, ValueError) as exc:
-            print(f"--update-readme: cannot read {args.out}: {exc}; run `make bench` first", file=sys.stderr)
+            print(f"--update-readme: cannot read a report: {exc}; run `make bench` first", file=sys.stderr)
             return 2
-        if not update_readme(README, add_ratios(report)):
+        if not update_readme(README, add_ratios(report), others):
             print("--update-readme: README.md has no <!-- bench:table --> ... <!-- /bench:table --> markers", file=sys.stderr)
             return 2
         print(f"README.md tables rewritten from {args.out}", file=sys.stderr)

@@ -229,32 +229,43 @@ def bridge_tables(report: dict) -> list[str]:
     return lines
 
 
-def goal_table(report: dict) -> list[str]:
+def goal_table(report: dict, others: list[dict] | None = None) -> list[str]:
+    """The goal check; with ``others`` (earlier reports, ratios added) a column with the range over all runs."""
     goals = report.get("goals") or []
     measured = [g for g in goals if g["value"] is not None]
     if not measured:
         return []
-    lines = ["| goal (issue 14) | measured | target | met |", "|---|---:|---:|:---:|"]
+    runs = [report, *(others or [])]
+    ranged = len(runs) > 1
+    header = "| goal (issue 14) | latest run | " + (f"range over {len(runs)} runs | " if ranged else "") + "target | met |"
+    lines = [header, "|---|---:|" + ("---:|" if ranged else "") + "---:|:---:|"]
     for g in measured:
-        lines.append(f"| {g['goal']} | {g['value']:.2f} | {g['target']} | {'yes' if g['met'] else '**no**'} |")
+        row = f"| {g['goal']} | {g['value']:.2f} | "
+        if ranged:
+            values = [v["value"] for run in runs for v in run.get("goals") or []
+                      if v["goal"] == g["goal"] and v["value"] is not None]
+            row += f"{min(values):.2f}–{max(values):.2f} | "
+        lines.append(row + f"{g['target']} | {'yes' if g['met'] else '**no**'} |")
     return lines + [""]
 
 
-def markdown(report: dict) -> str:
-    """Every table of a report: goals, relay figures, bridge figures."""
+def markdown(report: dict, others: list[dict] | None = None) -> str:
+    """Every table of a report: goals (with the range over ``others`` too), relay figures, bridge figures."""
     s = report["settings"]
     head = (f"Run {report['when']} ({report['machine']['cpus']} cores, Python {report['machine']['python']}, "
             f"{s['seconds']:g} s per figure, median of {s['rounds']} interleaved round(s){', quick mode' if s.get('quick') else ''}).")
-    return "\n".join([head, "", *goal_table(report), *relay_tables(report), *bridge_tables(report)]).rstrip() + "\n"
+    if others:
+        head += " Ranges: " + ", ".join(run["when"] for run in others) + " and this run."
+    return "\n".join([head, "", *goal_table(report, others), *relay_tables(report), *bridge_tables(report)]).rstrip() + "\n"
 
 
-def update_readme(readme: Path, report: dict) -> bool:
+def update_readme(readme: Path, report: dict, others: list[dict] | None = None) -> bool:
     """Replace the text between the bench markers with :func:`markdown`; False when the markers are missing."""
     text = readme.read_text()
     pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
     if not pattern.search(text):
         return False
     block = f"{README_BEGIN}\n<!-- written by `python -m bench --update-readme` from bench/results/latest.json; do not edit -->\n\n"
-    block += markdown(report) + "\n" + README_END
+    block += markdown(report, others) + "\n" + README_END
     readme.write_text(pattern.sub(lambda _: block, text, count=1))
     return True

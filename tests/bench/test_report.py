@@ -128,3 +128,12 @@ def test_listeners_online_follows_the_emulator_log(tmp_path):
     )
     assert listeners_online(log, "bridge-in") == 1
     assert listeners_online(tmp_path / "missing.log", "bridge-in") == 0
+
+
+def test_goal_table_gives_the_range_over_several_runs(tmp_path):
+    latest, earlier = sample_report(), sample_report()
+    earlier["when"] = "2026-11-30T00:00:00Z"
+    earlier["results"]["ws_echo"]["python relay"]["cpu_us_per_message"] = 150.0  # 0.75× of hyco-ws's 200
+    text = markdown(add_ratios(latest), [add_ratios(earlier)])
+    assert "| WebSocket echo CPU/msg vs hyco-ws | 0.50 | 0.50–0.75 | <= 0.67 | yes |" in text
+    assert "2026-11-30T00:00:00Z" in text
