@@ -31,7 +31,7 @@ def _bars(ax, labels, values, title, unit, notes=None):
     for index, (bar, value) in enumerate(zip(bars, values)):
         note = f"  ({notes[index]})" if notes and notes[index] else ""
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}{note}", va="center", fontsize=8)
-    ax.margins(x=0.75 if notes else 0.25)
+    ax.margins(x=0.95 if notes else 0.25)
 
 
 def _cpu(result: dict, key: str = "cpu_us_per_message") -> str:
@@ -41,6 +41,13 @@ def _cpu(result: dict, key: str = "cpu_us_per_message") -> str:
     if emulator:
         text += f", emulator {emulator:,.0f}"
     return text
+
+
+def _machine(report: dict) -> str:
+    """Cores and the load average at the end of the run: a loaded machine's figures say so on the chart."""
+    machine = report["machine"]
+    load = machine.get("load_average")
+    return f"{machine['cpus']} cores" + (f", load average {load[0]:.1f}" if load else "")
 
 
 def _empty(ax, text: str) -> None:
@@ -81,7 +88,7 @@ def render(report: dict, path: Path) -> Path:
         _empty(axes[1][1], "")
     tokens = results.get("tokens", {})
     fig.suptitle(
-        f"Azure Relay bridge benchmark, {report['when']} ({report['machine']['cpus']} cores); "
+        f"Azure Relay bridge benchmark, {report['when']} ({_machine(report)}); "
         f"token fetches per {tokens.get('sends', 0):,} sends: {tokens.get('token_fetches', '?')}",
         fontsize=11,
     )
@@ -138,8 +145,8 @@ def render_bridge(report: dict, path: Path) -> Path | None:
               "cold start of a fresh host process (goal: first byte < 1 s)", "milliseconds")
     else:
         _empty(axes[1][1], "cold start not run")
-    fig.suptitle(f"The bridge end to end (devhost + Azurite + emulator), {report['when']} "
-                 f"({report['machine']['cpus']} cores)", fontsize=11)
+    fig.suptitle(f"The bridge end to end (devhost + Azurite + emulator), {report['when']} ({_machine(report)})",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

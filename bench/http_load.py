@@ -44,8 +44,14 @@ async def main(args: argparse.Namespace) -> None:
                     raise RuntimeError(f"{response.status} {response.reason} ({len(body)} bytes): {body[:200]!r}")
             return time.perf_counter() - t0
 
-        for _ in range(args.warmup):
-            await one()
+        warmup = [args.warmup]
+
+        async def warm() -> None:  # at the measured concurrency, so every connection is open before the clock starts
+            while warmup[0] > 0:
+                warmup[0] -= 1
+                await one()
+
+        await asyncio.gather(*(warm() for _ in range(args.concurrency)))
         emit({"mark": "start"})
         cpu0, start = time.process_time(), time.perf_counter()
         deadline = start + args.seconds

@@ -252,7 +252,9 @@ def goal_table(report: dict, others: list[dict] | None = None) -> list[str]:
 def markdown(report: dict, others: list[dict] | None = None) -> str:
     """Every table of a report: goals (with the range over ``others`` too), relay figures, bridge figures."""
     s = report["settings"]
-    head = (f"Run {report['when']} ({report['machine']['cpus']} cores, Python {report['machine']['python']}, "
+    load = report["machine"].get("load_average")
+    head = (f"Run {report['when']} ({report['machine']['cpus']} cores"
+            f"{f', load average {load[0]:.1f} at the end' if load else ''}, Python {report['machine']['python']}, "
             f"{s['seconds']:g} s per figure, median of {s['rounds']} interleaved round(s){', quick mode' if s.get('quick') else ''}).")
     if others:
         head += " Ranges: " + ", ".join(run["when"] for run in others) + " and this run."
