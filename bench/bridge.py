@@ -46,7 +46,8 @@ from devhost.azurite import start_azurite
 from devhost.run import Child, spawn, wait_for_log
 from relay.sas import generate_sas_token
 
-from .relay_figures import BRIDGE_IN, BRIDGE_OUT
+from .cpu import ProcessMeters
+from .relay_figures import BRIDGE_IN, BRIDGE_OUT, emulator_pid
 from .runner import PY, ROOT, median_run, run_worker
 
 BRIDGE_GROUPS = ("relay_send", "queue_send", "fanin", "scaleout", "coldstart")
@@ -228,8 +229,20 @@ class BridgeBench:
 
             await asyncio.gather(*(worker() for _ in range(16)))
 
-    async def queue_drain(self, count: int, timeout: float) -> dict:
+    async def _meter_series(self, series: str, meters: ProcessMeters, timeout: float) -> None:
+        """Start ``meters`` when the first message of ``series`` lands (polled every 20 ms), so start-up is not counted."""
+        deadline = time.monotonic() + timeout
+        while not self.service.arrivals.get(series) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        meters.on_mark("start")
+
+    async def queue_drain(self, host: Child, count: int, timeout: float) -> dict:
+        """The prefilled queue drained by the trigger vs ``count`` request() calls; CPU per message of each part."""
+        meters = self.meters(host, azurite=self.azurite.process.pid)
+        await self._meter_series("queue", meters, timeout)
         bridge = await self.service.wait_series("queue", count, timeout)
+        meters.on_mark("stop")
+        meters.record(bridge, bridge["arrived"])
         # A message is deleted after its function succeeded: wait for the queue to empty.
         deadline = time.monotonic() + 15
         while await self.queue_count(OUTBOUND_QUEUE) and time.monotonic() < deadline:
@@ -237,26 +250,43 @@ class BridgeBench:
         bridge["left_on_queue"] = await self.queue_count(OUTBOUND_QUEUE)
         bridge["poisoned"] = await self.queue_count(OUTBOUND_POISON_QUEUE)
         bridge["concurrency"] = trigger_batch_size()
+        meters = self.meters()
         direct_worker = await run_worker(
             PY, "-m", "bench.relay_request_load", self.emu.address(BRIDGE_OUT), self.rule["name"], self.rule["key"],
             self.emu.ca_cert, str(self.args.size), str(bridge["concurrency"]), "--count", str(count), "--path", "/qdirect",
-            "--warmup", str(self.warmup),
-            timeout=timeout,
+            "--warmup", str(self.warmup), timeout=timeout, on_mark=meters.on_mark,
         )
         direct = await self.service.wait_series("qdirect", count, 10)
+        meters.record(direct, direct["arrived"])
+        direct["sender_cpu_us_per_request"] = direct_worker.get("sender_cpu_us_per_request")
         direct["concurrency"] = bridge["concurrency"]
         direct["errors"] = direct_worker["errors"]
         return {"bridge": bridge, "direct": direct}
 
-    async def relay_send(self, info: dict, keys: dict, concurrency: int) -> dict:
-        """One round: the app's relay_send and request() to the same listener, at ``concurrency``."""
+    def meters(self, host: Child | None = None, **extra: int | None) -> ProcessMeters:
+        """CPU meters for the app (devhost), the emulator, the on-premises listener and ``extra`` processes."""
+        pids = {"app": host.process.pid if host else None, "emulator": emulator_pid(self.emu),
+                "onprem_listener": self.forwarder.process.pid if self.forwarder else None, **extra}
+        return ProcessMeters({name: pid for name, pid in pids.items() if pid is not None})
+
+    async def relay_send(self, host: Child, info: dict, keys: dict, concurrency: int) -> dict:
+        """One round: the app's relay_send and request() to the same listener, at ``concurrency``.
+
+        Each side also reports the CPU per request of the app, the emulator and the on-premises
+        listener over the sender's measured interval (the sender's own CPU comes from the worker).
+        """
         url = f"{info['api']}/relay/{BRIDGE_OUT}/send"
         sec, size = str(self.args.seconds), str(self.args.size)
+        meters = self.meters(host)
         bridge = await run_worker(PY, "-m", "bench.http_load", url, keys["functionKeys"]["default"], "-", sec, size,
-                                  str(concurrency), "--header", "x-functions-key", "--warmup", str(self.warmup))
+                                  str(concurrency), "--header", "x-functions-key", "--warmup", str(self.warmup),
+                                  on_mark=meters.on_mark)
+        meters.record(bridge, bridge["count"])
+        meters = self.meters()
         direct = await run_worker(PY, "-m", "bench.relay_request_load", self.emu.address(BRIDGE_OUT), self.rule["name"],
                                   self.rule["key"], self.emu.ca_cert, size, str(concurrency), "--seconds", sec,
-                                  "--path", "/send", "--warmup", str(self.warmup))
+                                  "--path", "/send", "--warmup", str(self.warmup), on_mark=meters.on_mark)
+        meters.record(direct, direct["count"])
         return {"bridge": bridge, "direct": direct}
 
     async def start_listeners(self, info: dict, keys: dict, wanted: int, settle: float) -> dict:
@@ -285,14 +315,20 @@ class BridgeBench:
             "online_after_s": round(first, 2),
         }
 
-    async def fanin_load(self, concurrency: int) -> dict:
-        """Relayed HTTP senders into the listener; every 202 must be a stored message."""
+    async def fanin_load(self, host: Child, concurrency: int) -> dict:
+        """Relayed HTTP senders into the listener; every 202 must be a stored message.
+
+        Also reports the CPU per stored message of the app, the emulator and Azurite.
+        """
         entity = BRIDGE_IN
         token = generate_sas_token(f"http://{self.emu.config['namespace']}/{entity}", self.rule["name"], self.rule["key"])
         before = await self.queue_count(FANIN_QUEUE)
+        meters = ProcessMeters({"app": host.process.pid, "emulator": emulator_pid(self.emu),
+                                "azurite": self.azurite.process.pid})
         load = await run_worker(PY, "-m", "bench.http_load", f"{self.emu.http}/{entity}/fanin", token, self.emu.ca_cert,
                                 str(self.args.seconds), str(self.args.size), str(concurrency), "--status", "202", "--any-body",
-                                "--warmup", str(self.warmup))
+                                "--warmup", str(self.warmup), on_mark=meters.on_mark)
+        meters.record(load, load["count"])
         accepted = load["count"] + load["warmup"]
         deadline = time.monotonic() + 5
         stored = await self.queue_count(FANIN_QUEUE) - before
@@ -303,8 +339,10 @@ class BridgeBench:
         return load
 
     async def azurite_raw(self, concurrency: int) -> dict:
-        return await run_worker(PY, "-m", "bench.queue_load", self.azurite.connection_string, RAW_QUEUE,
-                                str(self.args.size), str(concurrency), str(self.args.seconds))
+        meters = ProcessMeters({"azurite": self.azurite.process.pid})
+        raw = await run_worker(PY, "-m", "bench.queue_load", self.azurite.connection_string, RAW_QUEUE,
+                               str(self.args.size), str(concurrency), str(self.args.seconds), on_mark=meters.on_mark)
+        return meters.record(raw, raw["count"])
 
     async def coldstart_once(self) -> dict:
         """A fresh devhost process: import time, time to listen, time to the first relay_send byte."""
@@ -360,20 +398,20 @@ async def run_bridge(emu, args, groups: set[str]) -> dict:
                 try:
                     if "queue_send" in groups:
                         log("bridge: queue drain vs a request() loop ...")
-                        results["queue_send"] = await bench.queue_drain(drain_count, timeout=max(60.0, drain_count / 10))
+                        results["queue_send"] = await bench.queue_drain(host, drain_count, timeout=max(60.0, drain_count / 10))
                     if "relay_send" in groups:
                         runs: dict[str, list] = {"c1": [], f"c{args.concurrency}": []}
                         for round_ in range(args.rounds):
                             log(f"bridge: relay_send vs request(), round {round_ + 1}/{args.rounds} ...")
                             for concurrency in (1, args.concurrency):
-                                runs[f"c{concurrency}"].append(await bench.relay_send(info, keys, concurrency))
+                                runs[f"c{concurrency}"].append(await bench.relay_send(host, info, keys, concurrency))
                         results["relay_send"] = {key: _median_pair(value) for key, value in runs.items()}
                     if groups & {"fanin", "scaleout"}:
                         log("bridge: inbound fan-in (K=1) vs Azurite raw enqueue ...")
                         seen = await bench.start_listeners(info, keys, 1, settle)
                         fan, raw = [], []
                         for _ in range(args.rounds if "fanin" in groups else 1):
-                            fan.append(await bench.fanin_load(args.concurrency))
+                            fan.append(await bench.fanin_load(host, args.concurrency))
                             if "fanin" in groups:
                                 raw.append(await bench.azurite_raw(args.concurrency))
                         picked = median_run(fan)
@@ -391,7 +429,7 @@ async def run_bridge(emu, args, groups: set[str]) -> dict:
                     host, info, keys = await bench.start_host(k)
                     try:
                         seen = await bench.start_listeners(info, keys, k, settle)
-                        run = await bench.fanin_load(args.concurrency)
+                        run = await bench.fanin_load(host, args.concurrency)
                         run.update(seen)
                         results.setdefault("scaleout", {})[str(k)] = run
                     finally:

@@ -77,3 +77,25 @@ class CpuMeter:
         if self.seconds is None or not count:
             return None
         return round(self.seconds / count * 1e6, 1)
+
+
+class ProcessMeters:
+    """Several processes' CPU over a worker's measured interval: pass :meth:`on_mark` to ``run_worker``.
+
+    ``record(result, count)`` adds ``{name}_cpu_us_per_message`` to a worker's result for each process.
+    """
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.meters = {name: CpuMeter(pid) for name, pid in pids.items()}
+
+    def on_mark(self, mark: str) -> None:
+        for meter in self.meters.values():
+            if mark == "start":
+                meter.start()
+            elif mark == "stop":
+                meter.stop()
+
+    def record(self, result: dict, count: int) -> dict:
+        for name, meter in self.meters.items():
+            result[f"{name}_cpu_us_per_message"] = meter.per_message_us(count)
+        return result

@@ -170,6 +170,14 @@ def relay_tables(report: dict) -> list[str]:
     return lines
 
 
+def _cpus(run: dict, *names: str) -> str:
+    """``a / b / c`` of ``{name}_cpu_us_per_message`` (or the sender's own figure) for a bridge run."""
+    def one(name: str):
+        key = "sender_cpu_us_per_request" if name == "sender" else f"{name}_cpu_us_per_message"
+        return _n(run.get(key))
+    return " / ".join(one(name) for name in names)
+
+
 def bridge_tables(report: dict) -> list[str]:
     bridge = report["results"].get("bridge") or {}
     ratios = (report.get("ratios") or {}).get("bridge") or {}
@@ -177,8 +185,9 @@ def bridge_tables(report: dict) -> list[str]:
     send = bridge.get("relay_send")
     if send:
         lines += ["| relay_send (HTTP function → relay → on-prem service) vs request() to the same listener | concurrency "
-                  "| req/s | p50 / p99 ms | added p50 / p99 ms | bridge ÷ direct: p50 / p99 / rate |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| req/s | p50 / p99 ms | CPU µs/req: app / emulator / on-prem listener / sender "
+                  "| added p50 / p99 ms | bridge ÷ direct: p50 / p99 / rate |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for key, fig in send.items():
             if not isinstance(fig, dict) or "bridge" not in fig:
                 continue
@@ -187,23 +196,28 @@ def bridge_tables(report: dict) -> list[str]:
                 extra = (f"{fig['added_p50_ms']:+.2f} / {fig['added_p99_ms']:+.2f} | "
                          f"{_x(r.get('p50'))} / {_x(r.get('p99'))} / {_x(r.get('throughput'))}"
                          if label.startswith("bridge") else " | ")
-                lines.append(f"| {label} | {key[1:]} | {_n(run['per_second'])} | {run['p50_ms']:.2f} / {run['p99_ms']:.2f} | {extra} |")
+                lines.append(f"| {label} | {key[1:]} | {_n(run['per_second'])} | {run['p50_ms']:.2f} / {run['p99_ms']:.2f} "
+                             f"| {_cpus(run, 'app', 'emulator', 'onprem_listener', 'sender')} | {extra} |")
         lines.append("")
     queue = bridge.get("queue_send")
     if queue:
         lines += ["| queue-driven sends, `relay-outbound` → relay → on-prem | messages | concurrency | messages/s | lost "
-                  "| vs request() loop |", "|---|---:|---:|---:|---:|---:|"]
+                  "| CPU µs/msg: app / emulator / on-prem listener / Azurite / sender | vs request() loop |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         lines.append(f"| bridge (queue trigger) | {queue['bridge']['messages']} | {queue['bridge']['concurrency']} "
                      f"| {_n(queue['bridge'].get('per_second'))} | {queue['bridge'].get('lost')} "
+                     f"| {_cpus(queue['bridge'], 'app', 'emulator', 'onprem_listener', 'azurite', 'sender')} "
                      f"| {_x((ratios.get('queue_send') or {}).get('throughput'))} |")
         lines.append(f"| direct (request() loop) | {queue['direct']['messages']} | {queue['direct']['concurrency']} "
-                     f"| {_n(queue['direct'].get('per_second'))} | {queue['direct'].get('lost')} | |")
+                     f"| {_n(queue['direct'].get('per_second'))} | {queue['direct'].get('lost')} "
+                     f"| {_cpus(queue['direct'], 'app', 'emulator', 'onprem_listener', 'azurite', 'sender')} | |")
         lines.append("")
     fanin, scale = bridge.get("fanin"), bridge.get("scaleout")
     if fanin or scale:
         lines += ["| inbound fan-in, relayed HTTP senders → stored queue messages | listeners asked / seen online "
-                  "| concurrency | messages/s | p99 ms | accepted / stored / lost | vs Azurite raw enqueue |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| concurrency | messages/s | p99 ms | accepted / stored / lost | CPU µs/msg: app / emulator / Azurite "
+                  "| vs Azurite raw enqueue |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         runs = []
         if fanin:
             runs.append(("bridge, K=1", fanin["bridge"]))
@@ -214,11 +228,13 @@ def bridge_tables(report: dict) -> list[str]:
             r = ratio(run.get("per_second"), fanin["azurite"].get("per_second")) if fanin else None
             lines.append(f"| {label} | {run.get('listeners_requested')} / {run.get('listeners_seen')} | {run.get('concurrency')} "
                          f"| {_n(run.get('per_second'))} | {_n(run.get('p99_ms'), '.2f')} "
-                         f"| {run.get('accepted')} / {run.get('stored')} / {run.get('lost')} | {_x(r)} |")
+                         f"| {run.get('accepted')} / {run.get('stored')} / {run.get('lost')} "
+                         f"| {_cpus(run, 'app', 'emulator', 'azurite')} | {_x(r)} |")
         if fanin:
             raw = fanin["azurite"]
             lines.append(f"| Azurite raw enqueue (azure-storage-queue async) | | {raw.get('concurrency')} "
-                         f"| {_n(raw.get('per_second'))} | {_n(raw.get('p99_ms'), '.2f')} | | |")
+                         f"| {_n(raw.get('per_second'))} | {_n(raw.get('p99_ms'), '.2f')} | "
+                         f"| – / – / {_n(raw.get('azurite_cpu_us_per_message'))} | |")
         lines.append("")
     cold = bridge.get("coldstart")
     if cold:
