@@ -220,8 +220,8 @@ def render(name: str, who: str, stacks, cpu_us: float | None, count: int, kernel
 
 # ---- the runs -----------------------------------------------------------------------------------
 def kernel_of(prof: Profiled, who: str, args) -> float | None:
-    """The system-time share for plain-asyncio processes; None for uvloop ones (the emulator always)."""
-    return None if who == "emulator" or args.loop == "uvloop" else prof.kernel_share(who)
+    """The system-time share for plain-asyncio processes; None for uvloop ones (the emulator always; devhost never)."""
+    return None if who == "emulator" or (args.loop == "uvloop" and who != "app") else prof.kernel_share(who)
 
 
 async def profile_ws_echo(emu, args, outdir: Path) -> list[str]:
@@ -351,12 +351,64 @@ async def cprofile_runs(emu, args, outdir: Path) -> list[str]:
     return sections
 
 
+# ---- the bridge: the app under devhost ------------------------------------------------------------
+async def profile_bridge(emu, args, outdir: Path) -> list[str]:
+    """py-spy on the devhost process while it drains relay-outbound, then while it serves relay_send at c=16."""
+    from types import SimpleNamespace
+
+    from .bridge import BRIDGE_OUT, BridgeBench, kill
+
+    options = SimpleNamespace(size=1024, quick=False, seconds=args.seconds, concurrency=16, rounds=1)
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="bench-profile-bridge-") as tmp:
+        bench = BridgeBench(emu, options, Path(tmp))
+        await bench.start()
+        try:
+            count = int(60 * args.seconds)  # about the drain rate seen on 2 cores: the drain outlasts the sampling
+            await bench.prefill_outbound(count)
+            host, info, keys = await bench.start_host(1)
+            try:
+                prof = Profiled("bridge_queue_drain", {"app": host.process.pid}, args.seconds, outdir)
+                while not bench.service.arrivals.get("queue"):
+                    await asyncio.sleep(0.02)
+                prof.on_mark("start")
+                await asyncio.sleep(args.seconds)
+                prof.on_mark("stop")
+                await prof.finish()
+                drained = len(bench.service.arrivals.get("queue", []))
+                sections.append(render("queue-driven sends, relay-outbound drained by the queue trigger (devhost + app)",
+                                       "app", parse_stacks(prof.path("app")), prof.meters["app"].per_message_us(drained),
+                                       drained, kernel_of(prof, "app", args)))
+                await bench.service.wait_series("queue", count, 120)
+                prof = Profiled("bridge_relay_send_c16", {"app": host.process.pid}, args.seconds, outdir)
+                load = await spawn(PY, "-m", "bench.http_load", f"{info['api']}/relay/{BRIDGE_OUT}/send",
+                                   keys["functionKeys"]["default"], "-", str(args.seconds), "1024", "16",
+                                   "--header", "x-functions-key", "--warmup", "50")
+                result = await read_worker(load, prof.on_mark)
+                await prof.finish()
+                sections.append(render("relay_send at concurrency 16 (devhost + app)", "app", parse_stacks(prof.path("app")),
+                                       prof.meters["app"].per_message_us(result["count"]), result["count"],
+                                       kernel_of(prof, "app", args)))
+            finally:
+                await kill(host)
+        finally:
+            await bench.stop()
+    return sections
+
+
 async def main(args) -> None:
     if not Path(PY_SPY).exists():
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy==0.4.3")
     outdir = args.raw_dir or Path(tempfile.mkdtemp(prefix="bench-profile-"))
     outdir.mkdir(parents=True, exist_ok=True)
     async with start_emulator(bench_config()) as emu:
+        if args.bridge:
+            sections = await profile_bridge(emu, args, outdir)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(f"# py-spy profile of the app under devhost (plain asyncio, {args.seconds:g} s, {RATE} Hz)\n\n"
+                                + "\n".join(sections))
+            print(f"wrote {args.out}; raw stacks in {outdir}", file=sys.stderr)
+            return
         sections = await profile_ws_echo(emu, args, outdir)
         sections += await profile_http(emu, args, outdir)
         sections += ["## cProfile (exact call counts; times inflated by the profiler, read them as shares)", ""]
@@ -378,10 +430,15 @@ def cli() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profile.md",
-                        help="the tables (default bench/results/profile.md)")
+    parser.add_argument("--out", type=Path, help="the tables (default bench/results/profile.md)")
     parser.add_argument("--raw-dir", type=Path, help="where the raw stacks go (default: a new temporary directory)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--bridge", action="store_true",
+                        help="profile the app under devhost instead (queue drain, relay_send); default --out "
+                             "bench/results/profile-bridge.md")
+    args = parser.parse_args()
+    if args.out is None:
+        args.out = ROOT / "bench" / "results" / ("profile-bridge.md" if args.bridge else "profile.md")
+    asyncio.run(main(args))
 
 
 if __name__ == "__main__":
