@@ -135,7 +135,8 @@ def render_bridge(report: dict, path: Path) -> Path | None:
     if scale:
         _bars(axes[1][0], [f"K={k}" for k in scale], [run["per_second"] for run in scale.values()],
               "inbound scale-out (RELAY_LISTENERS_PER_CONNECTION = K)", "messages / s",
-              [f"{run.get('listeners_seen')} online, lost {run.get('lost')}" for run in scale.values()])
+              [f"{run.get('listeners_seen')} of {run.get('listeners_requested')} listeners online, lost {run.get('lost')}"
+               for run in scale.values()])
     else:
         _empty(axes[1][0], "scale-out not run")
     cold = bridge.get("coldstart")
