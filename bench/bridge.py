@@ -16,9 +16,11 @@ Figures (each against a yardstick measured the same way, in the same run):
 * ``fanin``: relayed HTTP senders (202 only after the message is stored) into the listener
   orchestration, vs Azurite's raw enqueue rate with azure-storage-queue async at the same
   concurrency; ``lost`` = acknowledged minus stored.
-* ``scaleout``: the same fan-in with ``RELAY_LISTENERS_PER_CONNECTION`` = K on a fresh host;
-  reports how many listeners the emulator saw online on the entity (its log) and how many
-  the app's ``GET /api/listeners`` lists. Correctness (nothing lost) is the point.
+* ``scaleout``: the same fan-in with ``RELAY_LISTENERS_PER_CONNECTION`` = K on a fresh host,
+  then (full mode) K back to 1 on the last host's durable state after killing it, so its
+  orchestrations resume under the new setting; reports how many listeners the emulator saw
+  online on the entity (its log) and how many the app's ``GET /api/listeners`` lists.
+  Correctness (nothing acknowledged is lost) is the point.
 * ``coldstart``: a fresh ``python -m devhost`` process: time to import function_app (separate
   interpreter), to listen, and to the first byte of the first ``relay_send``.
 """
@@ -150,6 +152,7 @@ class BridgeBench:
         self.service = EchoService()
         self.forwarder: Child | None = None
         self.hosts = 0
+        self.last_state: str | None = None
         self.warmup = 10 if args.quick else 50
 
     # -- the fixed parts ----------------------------------------------------------------------
@@ -202,12 +205,14 @@ class BridgeBench:
             **self.emu.identity_env(),
         }
 
-    async def start_host(self, listeners: int = 1) -> tuple[Child, dict, dict]:
+    async def start_host(self, listeners: int = 1, state: str | None = None) -> tuple[Child, dict, dict]:
+        """A devhost on a fresh state dir, or on ``state`` (an earlier host's: its orchestrations resume)."""
         self.hosts += 1
         name = f"devhost-{self.hosts}"
         child, info = await spawn(name, [PY, "-m", "devhost", "--app-dir", str(ROOT), "--port", "0",
-                                         "--state-dir", str(self.workdir / name)],
+                                         "--state-dir", str(self.workdir / (state or name))],
                                   self.host_env(listeners), timeout=60, local=self.workdir)
+        self.last_state = state or name
         keys = json.loads(Path(info["keys_file"]).read_text())
         return child, info, keys
 
@@ -424,6 +429,7 @@ async def run_bridge(emu, args, groups: set[str]) -> dict:
                 finally:
                     await kill(host)
             if "scaleout" in groups:
+                state = None
                 for k in ks[1:]:
                     log(f"bridge: inbound scale-out, {LISTENERS_SETTING}={k} ...")
                     host, info, keys = await bench.start_host(k)
@@ -432,6 +438,20 @@ async def run_bridge(emu, args, groups: set[str]) -> dict:
                         run = await bench.fanin_load(host, args.concurrency)
                         run.update(seen)
                         results.setdefault("scaleout", {})[str(k)] = run
+                        state = bench.last_state
+                    finally:
+                        await kill(host)
+                if not args.quick and state is not None:
+                    # Scaling down: the host is killed (a crash or recycle) and comes back with K=1 on the
+                    # same durable state, so the K-listener orchestrations resume under the new setting.
+                    down = f"{ks[-1]}->1"
+                    log(f"bridge: inbound scale-down, {LISTENERS_SETTING} {down} on the same state ...")
+                    host, info, keys = await bench.start_host(1, state=state)
+                    try:
+                        seen = await bench.start_listeners(info, keys, 1, settle)
+                        run = await bench.fanin_load(host, args.concurrency)
+                        run.update(seen)
+                        results.setdefault("scaleout", {})[down] = run
                     finally:
                         await kill(host)
             if "coldstart" in groups:
