@@ -50,7 +50,7 @@ run: setup-run
 	$(PY) -m devhost.run
 
 bench: setup-run
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_CHECKOV) node_modules .local

@@ -1,1 +1,1 @@
-"""Benchmarks: this library vs Microsoft's Node clients, side by side on one emulator. Run `make bench`."""
+"""Benchmarks: this library vs Microsoft's Node clients on one emulator, and the bridge end to end. Run `make bench`."""

@@ -1,189 +1,153 @@
-"""Run every benchmark side by side against one emulator; write bench/results/latest.{json,png}.
+"""Run the benchmarks against one emulator; write bench/results/latest.{json,png} and bridge.png.
 
-    make bench                       # or: .venv/bin/python -m bench [--seconds 5] [--size 1024]
+    make bench                                   # the full run (≈ 8-10 min on 2 cores)
+    make bench BENCH_ARGS="--quick"              # the smoke run: every figure, tiny counts
+    python -m bench [--quick] [--rounds 3] [--seconds 5] [--only GROUP,...] [--out PATH]
+    python -m bench --update-readme [--out PATH] [--range EARLIER.json ...]
+                                                 # README tables from saved reports, nothing run
 
-Each client runs in its own process, one after another (the machine has two cores, and the
-emulator needs one of them), so the Python and Node numbers come from the same emulator,
-the same machine and the same minutes; rounds are interleaved and each figure is the median
-round. The emulator bounds every relayed figure: the raw
-loopback echoes show the floor without it.
+Groups for ``--only`` (comma-separated): relay figures ``raw`` (loopback floor, no relay),
+``ws_echo``, ``http``, ``tokens``; bridge figures ``relay_send``, ``queue_send``, ``fanin``,
+``scaleout``, ``coldstart``; ``relay`` and ``bridge`` select each half.
+
+Relay figures: each client runs in its own process, one after another, against the same
+emulator; rounds are interleaved and each figure is the median round. The emulator's own CPU
+per relayed message is read from /proc over each worker's measured interval. Ratios to the
+Node clients (and bridge vs direct) are computed into the JSON (``ratios``, ``goals``) and
+printed with the tables. See README.md (Benchmarks) for how to read them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import platform
-import secrets
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from emulator.launcher import start_emulator
-from relay.sas import generate_sas_token
 
-ROOT = Path(__file__).resolve().parent.parent
+from .bridge import BRIDGE_GROUPS, run_bridge
+from .relay_figures import RELAY_GROUPS, bench_config, run_relay
+from .runner import ROOT
+
 RESULTS = ROOT / "bench" / "results"
-PY = sys.executable
+README = ROOT / "README.md"
+ALIASES = {"relay": RELAY_GROUPS, "bridge": BRIDGE_GROUPS}
 
 
-def bench_config() -> dict:
-    principal = str(uuid.uuid4())
-    subscription, group = str(uuid.uuid4()), "bench-rg"
-    return {
-        "namespace": "bench",
-        "tenantId": str(uuid.uuid4()),
-        "subscriptionId": subscription,
-        "resourceGroup": group,
-        "hybridConnections": [
-            {"name": name, "requiresClientAuthorization": True}
-            for name in ("ws-python", "ws-python-uvloop", "ws-node", "http-python", "http-python-uvloop", "http-node", "tokens")
-        ],
-        "sasRules": [{"name": "bench", "key": base64.b64encode(secrets.token_bytes(32)).decode(), "rights": ["Manage", "Listen", "Send"], "entity": None}],
-        "identities": [{"name": "bench", "clientId": str(uuid.uuid4()), "principalId": principal, "systemAssigned": True}],
-        "roleAssignments": [
-            {
-                "principalId": principal,
-                "role": "Azure Relay Owner",
-                "scope": f"/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.Relay/namespaces/bench",
-            }
-        ],
-        "tokenLifetimeSeconds": 3600,
-    }
-
-
-async def run_json(*cmd: str, env: dict | None = None, timeout: float = 120) -> dict:
-    """Run a worker and parse the last JSON line it prints."""
-    process = await asyncio.create_subprocess_exec(
-        *cmd, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
-    if process.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({process.returncode}): {err.decode()[-2000:]}")
-    return json.loads(lines[-1])
-
-
-def median_run(runs: list[dict], key=lambda run: run["per_second"]) -> dict:
-    """The run with the median throughput (runs are interleaved, so drift hits every client alike)."""
-    ordered = sorted(runs, key=key)
-    chosen = dict(ordered[len(ordered) // 2])
-    chosen["runs"] = [round(key(run), 1) for run in runs]
-    return chosen
-
-
-async def http_listener_run(emu, listener_cmd: list[str], entity: str, args, env: dict) -> dict:
-    """Start a listener worker, load it with the shared sender at concurrency 1 and N, report listener CPU."""
-    rule = emu.config["sasRules"][0]
-    process = await asyncio.create_subprocess_exec(
-        *listener_cmd, cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    ready = await asyncio.wait_for(process.stdout.readline(), 30)
-    if b"ready" not in ready:
-        raise RuntimeError(f"listener {listener_cmd[:3]} did not come online")
-    url = f"{emu.info['http']}/{entity}"
-    token = generate_sas_token(f"http://{emu.config['namespace']}/{entity}", rule["name"], rule["key"])
-    results = {}
-    for concurrency in (1, args.concurrency):
-        process.stdin.write(b"mark\n")
-        await process.stdin.drain()
-        load = await run_json(
-            PY, "-m", "bench.http_load", url, token, emu.info["ca_cert"], str(args.seconds), str(args.size), str(concurrency)
-        )
-        process.stdin.write(b"stop\n" if concurrency == args.concurrency else b"mark\n")
-        await process.stdin.drain()
-        if concurrency == args.concurrency:
-            cpu = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
-            load["listener_cpu_us_per_request"] = round(cpu["cpu_s"] / max(cpu["requests"], 1) * 1e6, 1)
-        results[f"c{concurrency}"] = load
-    await asyncio.wait_for(process.wait(), 10)
-    return results
+def parse_only(text: str | None) -> set[str]:
+    """``--only`` into a set of groups; raises ValueError naming an unknown group and the valid ones."""
+    if not text:
+        return set(RELAY_GROUPS) | set(BRIDGE_GROUPS)
+    groups: set[str] = set()
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        if name in ALIASES:
+            groups.update(ALIASES[name])
+        elif name in RELAY_GROUPS or name in BRIDGE_GROUPS:
+            groups.add(name)
+        else:
+            valid = ", ".join([*RELAY_GROUPS, *BRIDGE_GROUPS, *ALIASES])
+            raise ValueError(f"--only: unknown group {name!r}; choose from {valid}")
+    return groups
 
 
 async def main(args) -> dict:
-    config = bench_config()
-    async with start_emulator(config) as emu:
-        info = emu.info
-        ca, rule = info["ca_cert"], config["sasRules"][0]
-        node_env = dict(os.environ, NODE_EXTRA_CA_CERTS=ca, NODE_NO_WARNINGS="1")
-        addr = emu.address
-        sec, size = str(args.seconds), str(args.size)
-        listener_args = [rule["name"], rule["key"], ca]
-        common = [rule["name"], rule["key"], ca, sec, size]
-        # name -> (group, coroutine factory); every round runs each once, in this order.
-        plan = {
-            "python websockets": ("raw", lambda: run_json(PY, "-m", "bench.raw_ws_echo", sec, size)),
-            "python websockets + uvloop": ("raw", lambda: run_json(PY, "-m", "bench.raw_ws_echo", sec, size, "--uvloop")),
-            "node ws": ("raw", lambda: run_json("node", "bench/raw_ws_echo.js", sec, size, env=node_env)),
-            "python relay": ("ws_echo", lambda: run_json(PY, "-m", "bench.py_ws_echo", addr("ws-python"), *common)),
-            "python relay + uvloop": ("ws_echo", lambda: run_json(
-                PY, "-m", "bench.py_ws_echo", addr("ws-python-uvloop"), *common, "--uvloop")),
-            "node hyco-ws": ("ws_echo", lambda: run_json(
-                "node", "bench/node_ws_echo.js", info["relay"], "ws-node", rule["name"], rule["key"], sec, size, env=node_env)),
-            "http python relay": ("http", lambda: http_listener_run(
-                emu, [PY, "-m", "bench.py_http_listener", addr("http-python"), *listener_args], "http-python", args, None)),
-            "http python relay + uvloop": ("http", lambda: http_listener_run(
-                emu, [PY, "-m", "bench.py_http_listener", addr("http-python-uvloop"), *listener_args, "--uvloop"],
-                "http-python-uvloop", args, None)),
-            "http node hyco-https": ("http", lambda: http_listener_run(
-                emu, ["node", "bench/node_http_listener.js", info["relay"], "http-node", rule["name"], rule["key"]],
-                "http-node", args, node_env)),
-        }
-        runs: dict[str, list] = {name: [] for name in plan}
-        for round_ in range(args.repeat):
-            print(f"round {round_ + 1}/{args.repeat}: raw echo, WebSocket echo, HTTP ...", file=sys.stderr)
-            for name, (_, factory) in plan.items():
-                runs[name].append(await factory())
-        results: dict = {"raw": {}, "ws_echo": {}, "http": {}}
-        for name, (group, _) in plan.items():
-            if group == "http":
-                label = name.removeprefix("http ")
-                picked = median_run(runs[name], key=lambda run: run[f"c{args.concurrency}"]["per_second"])
-                picked["c1"] = median_run([run["c1"] for run in runs[name]])
-                results[group][label] = picked
-            else:
-                results[group][name] = median_run(runs[name])
-        print("token fetches per 10,000 sends ...", file=sys.stderr)
-        before = await emu.tokens_issued()
-        identity_env = dict(os.environ, IDENTITY_ENDPOINT=info["identity_endpoint"], IDENTITY_HEADER=info["identity_header"])
-        tokens_run = await run_json(
-            PY, "-m", "bench.token_fetches", addr("tokens"), rule["name"], rule["key"], ca, str(args.sends), "32",
-            env=identity_env, timeout=300,
-        )
-        tokens_run["token_fetches"] = await emu.tokens_issued() - before
-        results["tokens"] = tokens_run
+    groups = parse_only(args.only)
+    results: dict = {}
+    started = time.monotonic()
+    async with start_emulator(bench_config()) as emu:
+        relay_groups, bridge_groups = groups & set(RELAY_GROUPS), groups & set(BRIDGE_GROUPS)
+        if args.quick and relay_groups and bridge_groups:
+            # A smoke run's numbers are not figures: run both halves side by side to keep it short.
+            relay, bridge = await asyncio.gather(run_relay(emu, args, relay_groups), run_bridge(emu, args, bridge_groups))
+            results.update(relay)
+            results["bridge"] = bridge
+        else:
+            if relay_groups:
+                results.update(await run_relay(emu, args, relay_groups))
+            if bridge_groups:
+                results["bridge"] = await run_bridge(emu, args, bridge_groups)
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average": [round(x, 2) for x in os.getloadavg()]},
         "settings": {"seconds": args.seconds, "size": args.size, "concurrency": args.concurrency, "sends": args.sends,
-                     "repeat": args.repeat},
+                     "rounds": args.rounds, "quick": args.quick, "only": sorted(groups)},
+        "wall_seconds": round(time.monotonic() - started, 1),
         "results": results,
     }
 
 
-def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 0.3 s figures, 1 round, no uvloop/raw variants, K = 1, 2, relay and bridge "
+                             "halves side by side (it checks that everything runs; its numbers are not figures)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per figure (default 5; quick 0.3)")
+    parser.add_argument("--rounds", "--repeat", dest="rounds", type=int,
+                        help="interleaved rounds; each figure is the median round (default 3; quick 1)")
+    parser.add_argument("--only", help="comma-separated groups to run (see above); default all")
     parser.add_argument("--size", type=int, default=1024, help="message/body size in bytes (default 1024)")
-    parser.add_argument("--concurrency", type=int, default=16, help="HTTP concurrency for the throughput run (default 16)")
-    parser.add_argument("--sends", type=int, default=10_000, help="sends for the token-fetch count (default 10000)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the median round (default 3)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
-    args = parser.parse_args()
-    report = asyncio.run(main(args))
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrency of the throughput runs (default 16)")
+    parser.add_argument("--sends", type=int, help="sends for the token-fetch count (default 10000; quick 300)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="the JSON report (PNGs go beside it)")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite README.md's bench tables from --out (run nothing)")
+    parser.add_argument("--range", nargs="+", type=Path, default=[], metavar="REPORT",
+                        help="with --update-readme: earlier reports whose goal ratios give the range column")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.seconds = args.seconds if args.seconds is not None else (0.3 if quick else 5.0)
+    args.rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
+    args.sends = args.sends if args.sends is not None else (300 if quick else 10_000)
+    try:
+        parse_only(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds must be at least 1 and --seconds positive")
+    return args
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from .report import add_ratios, markdown, update_readme
+
+    if args.update_readme:
+        try:
+            report = json.loads(args.out.read_text())
+            others = [add_ratios(json.loads(path.read_text())) for path in args.range]
+        except (OSError, ValueError) as exc:
+            print(f"--update-readme: cannot read a report: {exc}; run `make bench` first", file=sys.stderr)
+            return 2
+        if not update_readme(README, add_ratios(report), others):
+            print("--update-readme: README.md has no <!-- bench:table --> ... <!-- /bench:table --> markers", file=sys.stderr)
+            return 2
+        print(f"README.md tables rewritten from {args.out}", file=sys.stderr)
+        return 0
+    report = add_ratios(asyncio.run(main(args)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    from .chart import markdown_table, render
+    from .chart import render, render_bridge
 
-    png = render(report, args.out.with_suffix(".png"))
-    print(markdown_table(report))
-    print(f"wrote {args.out} and {png}", file=sys.stderr)
+    written = [args.out]
+    if report["results"].keys() - {"bridge"}:
+        written.append(render(report, args.out.with_suffix(".png")))
+    bridge_png = render_bridge(report, args.out.with_name("bridge.png") if args.out.name == "latest.json"
+                               else args.out.with_name(args.out.stem + "-bridge.png"))
+    if bridge_png:
+        written.append(bridge_png)
+    print(markdown(report))
+    print(f"wrote {', '.join(str(p) for p in written)} in {report['wall_seconds']:.0f} s", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -1,12 +1,22 @@
 """Worker: the HTTP sender used for every listener, so listeners are compared under identical load.
 
-A plain aiohttp client posting 1 KB bodies to the emulator's HTTPS endpoint with a SAS
-token in ServiceBusAuthorization (what the hyco-https samples do), at a given concurrency.
-Usage: python -m bench.http_load URL TOKEN CA_FILE SECONDS SIZE CONCURRENCY
+A plain aiohttp client posting bodies of SIZE bytes at a given concurrency for SECONDS, after
+``--warmup`` (default 100) warm-up requests. Relay figures: the emulator's HTTPS endpoint with a SAS token in
+ServiceBusAuthorization (what the hyco-https samples do). Bridge figures: the Functions app's
+``relay_send`` route with ``x-functions-key``, or the inbound hybrid connection (expects 202).
+
+    python -m bench.http_load URL TOKEN CA_FILE SECONDS SIZE CONCURRENCY
+        [--header NAME] [--status 200] [--any-body] [--warmup 100]
+
+TOKEN goes into header NAME (default ServiceBusAuthorization); CA_FILE "-" means plain HTTP.
+Prints ``{"mark": "start"}`` and ``{"mark": "stop"}`` around the measured interval (the runner
+samples the emulator's CPU there), then one summary line with ``sender_cpu_us_per_request``
+and ``warmup`` (requests sent before the measured interval, for counting what was stored).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ssl
 import sys
@@ -17,25 +27,34 @@ import aiohttp
 from .stats import emit, summary
 
 
-async def main(url: str, token: str, ca: str, seconds: float, size: int, concurrency: int) -> None:
-    payload = b"x" * size
-    headers = {"ServiceBusAuthorization": token, "Content-Type": "application/octet-stream"}
-    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=ca), limit=concurrency)
+
+async def main(args: argparse.Namespace) -> None:
+    payload = b"x" * args.size
+    headers = {args.header: args.token, "Content-Type": "application/octet-stream"}
+    ssl_context = ssl.create_default_context(cafile=args.ca) if args.ca != "-" else None
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context else False, limit=args.concurrency)
     latencies: list[float] = []
     errors = 0
     async with aiohttp.ClientSession(connector=connector) as session:
         async def one() -> float:
             t0 = time.perf_counter()
-            async with session.post(url, data=payload, headers=headers) as response:
+            async with session.post(args.url, data=payload, headers=headers) as response:
                 body = await response.read()
-                if response.status != 200 or len(body) != size:
-                    raise RuntimeError(f"{response.status} {response.reason} ({len(body)} bytes)")
+                if response.status != args.status or (not args.any_body and len(body) != args.size):
+                    raise RuntimeError(f"{response.status} {response.reason} ({len(body)} bytes): {body[:200]!r}")
             return time.perf_counter() - t0
 
-        for _ in range(100):  # warm-up
-            await one()
-        start = time.perf_counter()
-        deadline = start + seconds
+        warmup = [args.warmup]
+
+        async def warm() -> None:  # at the measured concurrency, so every connection is open before the clock starts
+            while warmup[0] > 0:
+                warmup[0] -= 1
+                await one()
+
+        await asyncio.gather(*(warm() for _ in range(args.concurrency)))
+        emit({"mark": "start"})
+        cpu0, start = time.process_time(), time.perf_counter()
+        deadline = start + args.seconds
 
         async def worker() -> None:
             nonlocal errors
@@ -47,11 +66,28 @@ async def main(url: str, token: str, ca: str, seconds: float, size: int, concurr
                     if errors == 1:
                         print(f"first error: {exc}", file=sys.stderr)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    emit(summary(latencies, elapsed, 0.0, concurrency=concurrency, errors=errors))
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        emit({"mark": "stop"})
+    result = summary(latencies, elapsed, cpu, concurrency=args.concurrency, errors=errors, warmup=args.warmup)
+    result["sender_cpu_us_per_request"] = result.pop("cpu_us_per_message")
+    emit(result)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.http_load")
+    parser.add_argument("url")
+    parser.add_argument("token")
+    parser.add_argument("ca")
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("size", type=int)
+    parser.add_argument("concurrency", type=int)
+    parser.add_argument("--header", default="ServiceBusAuthorization")
+    parser.add_argument("--status", type=int, default=200, help="the status every answer must have")
+    parser.add_argument("--warmup", type=int, default=100, help="requests before the measured interval (default 100)")
+    parser.add_argument("--any-body", action="store_true", help="do not require the body to echo the request's size")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    url, token, ca, seconds, size, concurrency = sys.argv[1:7]
-    asyncio.run(main(url, token, ca, float(seconds), int(size), int(concurrency)))
+    asyncio.run(main(parse()))

@@ -18,9 +18,9 @@ server.listen();
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   line = line.trim();
   if (line === 'mark') { cpu0 = process.cpuUsage(); count0 = served; }
-  if (line === 'stop') {
+  if (line === 'report' || line === 'stop') {
     const cpu = process.cpuUsage(cpu0);
     console.log(JSON.stringify({ cpu_s: (cpu.user + cpu.system) / 1e6, requests: served - count0 }));
-    server.close(); setTimeout(() => process.exit(0), 100);
   }
+  if (line === 'stop') { server.close(); setTimeout(() => process.exit(0), 100); }
 });

@@ -21,10 +21,11 @@ server.on('listening', () => {
     sock.on('message', (m) => {
       if (m.length !== payload.length) { console.error('bad echo length'); process.exit(2); }
       const now = process.hrtime.bigint();
-      if (warm > 0) { warm--; if (warm === 0) { start = now; cpu0 = process.cpuUsage(); deadline = start + BigInt(Math.round(Number(seconds) * 1e9)); } return send(); }
+      if (warm > 0) { warm--; if (warm === 0) { console.log(JSON.stringify({ mark: 'start' })); start = now; cpu0 = process.cpuUsage(); deadline = start + BigInt(Math.round(Number(seconds) * 1e9)); } return send(); }
       lat.push(Number(now - last) / 1e9);
       if (now < deadline) return send();
       const cpu = process.cpuUsage(cpu0), elapsed = Number(now - start) / 1e9;
+      console.log(JSON.stringify({ mark: 'stop' }));
       lat.sort((a, b) => a - b);
       const count = lat.length, cpuS = (cpu.user + cpu.system) / 1e6;
       console.log(JSON.stringify({ count, seconds: +elapsed.toFixed(3), per_second: +(count / elapsed).toFixed(1),

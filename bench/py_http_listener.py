@@ -1,8 +1,8 @@
 """Worker: this library's HTTP listener answers every request with the request body (1 KB echo).
 
 Usage: python -m bench.py_http_listener ADDRESS KEY_NAME KEY CA_FILE [--uvloop]
-Prints {"ready": true} once online; then on stdin "mark" starts counting CPU, "stop" prints
-{"cpu_s": ..., "requests": ...} and exits.
+Prints {"ready": true} once online; then on stdin "mark" starts counting CPU, "report" prints
+{"cpu_s": ..., "requests": ...} since the mark, "stop" prints the same and exits.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ async def main(address: str, key_name: str, key: str, ca: str) -> None:
             line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
             if line == "mark":
                 cpu0, count0 = time.process_time(), served
-            elif line in ("stop", ""):
+            elif line in ("report", "stop", ""):
                 emit({"cpu_s": time.process_time() - cpu0, "requests": served - count0})
-                return
+                if line != "report":
+                    return
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Worker: this library's listener echoes; this library's sender does sequential 1 KB round trips.
 
 Usage: python -m bench.py_ws_echo ADDRESS KEY_NAME KEY CA_FILE SECONDS SIZE
-Prints one JSON line (see bench.stats.summary). CPU covers listener and sender, both in this process.
+Prints one JSON line (see bench.stats.summary), after ``{"mark": "start"}`` / ``{"mark": "stop"}`` around
+the measured interval. CPU covers listener and sender, both in this process.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ async def main(address: str, key_name: str, key: str, ca: str, seconds: float, s
                 await stream.send(payload)
                 await stream.receive()
             latencies: list[float] = []
+            emit({"mark": "start"})  # the runner samples the emulator's CPU here and at "stop"
             cpu0, start = time.process_time(), time.perf_counter()
             deadline = start + seconds
             now = start
@@ -53,6 +55,7 @@ async def main(address: str, key_name: str, key: str, ca: str, seconds: float, s
                 if len(reply) != size:
                     raise RuntimeError(f"echo returned {len(reply)} bytes, expected {size}")
             elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+            emit({"mark": "stop"})
             await stream.close()
         server.cancel()
     emit(summary(latencies, elapsed, cpu, client="python relay", loop=type(asyncio.get_running_loop()).__module__))
