@@ -35,6 +35,21 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MESSAGE_ID_HEADER = "X-Relay-Message-Id"
 
 
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class HeaderError(ValueError):
+    """A header name or value that no HTTP layer may carry (CR, LF, NUL or another control character)."""
+
+
+def check_header(name: str, value: str) -> None:
+    """Raise :class:`HeaderError` unless ``name`` is an RFC 9110 token and ``value`` has no control characters (tab allowed)."""
+    if not name or not set(name) <= _TOKEN_CHARS:
+        raise HeaderError(f"header name {name!r} is not a valid token (letters, digits and !#$%&'*+-.^_`|~ only)")
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise HeaderError(f"the value of header {name!r} contains a control character (CR, LF, NUL or similar)")
+
+
 def _denied(name: str) -> bool:
     lowered = name.lower()
     return (

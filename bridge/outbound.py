@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from . import storage
 from .envelope import EnvelopeError, parse_message
 from .fanin import utc_now_text
-from .sender import SendFailure, resolve_connection, send_http
-from .settings import OUTBOUND_POISON_QUEUE, Settings
+from .sender import send_http, SendFailure, unknown_connection
+from .settings import OUTBOUND_FAILED_QUEUE, Settings
 
 log = logging.getLogger("bridge.outbound")
 
@@ -82,8 +82,8 @@ def poison_record(raw: bytes, *, reason: str, error: str, message_id: str, conne
 
 
 async def write_poison(record: dict) -> None:
-    """Append ``record`` to ``relay-outbound-poison`` (base64, never expires). Raises on failure."""
-    client = await storage.queue(OUTBOUND_POISON_QUEUE)
+    """Append ``record`` to ``relay-outbound-failed`` (base64, never expires). Raises on failure."""
+    client = await storage.queue(OUTBOUND_FAILED_QUEUE)
     await client.send_message(json.dumps(record, separators=(",", ":"), ensure_ascii=False), time_to_live=-1)
 
 
@@ -95,7 +95,7 @@ async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, d
     record_id = message_id  # the envelope's id once parsed: the Idempotency-Key the listener would have seen
 
     async def poison(reason: str, error: str, status: int | None = None) -> Outcome:
-        log.warning("message %s goes to %s: %s", message_id, OUTBOUND_POISON_QUEUE, reason)
+        log.warning("message %s goes to %s: %s", message_id, OUTBOUND_FAILED_QUEUE, reason)
         await write_poison(poison_record(raw, reason=reason, error=error, message_id=record_id,
                                          connection=connection, dequeue_count=attempt))
         return Outcome("poisoned", status, reason, error)
@@ -103,13 +103,14 @@ async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, d
     try:
         message = parse_message(raw, message_id=message_id, default_connection=settings.default_connection)
         connection, record_id = message.connection, message.id
-        connection, _ = resolve_connection(settings, message.connection)
-        if connection != message.connection:  # only exact names in envelopes
-            raise SendFailure(404, "unknown_connection", f"hybrid connection {message.connection!r} is not in RELAY_OUTBOUND_CONNECTIONS", False)
+        if connection not in settings.outbound_connections:  # only exact names in envelopes
+            raise unknown_connection(settings, connection)
     except EnvelopeError as exc:
         return await poison(f"malformed envelope: {exc}", "malformed_envelope")
     except SendFailure as failure:
         return await poison(failure.message, failure.code)
+    except (ValueError, TypeError, RecursionError) as exc:  # any other parse failure is as permanent
+        return await poison(f"malformed envelope: {type(exc).__name__}: {exc}"[:500], "malformed_envelope")
 
     try:
         reply = await send_http(settings, connection, method=message.method, path=message.path, body=message.body, headers=message.headers)

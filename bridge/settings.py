@@ -66,6 +66,9 @@ HOST_SETTING_NAMES: tuple[str, ...] = (
 
 OUTBOUND_QUEUE = "relay-outbound"
 OUTBOUND_POISON_QUEUE = "relay-outbound-poison"
+"""The host's own poison queue: raw messages it moved after maxDequeueCount failed attempts."""
+OUTBOUND_FAILED_QUEUE = "relay-outbound-failed"
+"""The app's failure records (JSON with the reason and the original message), apart from the host's raw moves."""
 
 DEFAULT_INBOUND_QUEUE = "relay-inbound"
 DEFAULT_CLAIM_CHECK_CONTAINER = "relay-claimcheck"

@@ -18,8 +18,10 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from yarl import URL
 
 from .errors import ConnectionLostError, RelayError, error_from_status
+from .paths import CanonicalPath, canonical_path, url_with_path
 
 USER_AGENT = f"azure-relay-python/0.1 ({platform.system()}; Python {platform.python_version()})"
 """Sent as ``Relay-User-Agent`` on control channels and sender sockets, as .NET does."""
@@ -59,15 +61,17 @@ class RelayAddress:
         """``sb://host[:port]/entity``: the logical address, used in messages and as the SAS audience."""
         return f"sb://{self.netloc}/{self.entity}"
 
-    def entity_http_url(self, path: str = "/") -> str:
-        """``https://host[:port]/entity{path}`` for HTTP senders; ``path`` is relative to the entity."""
-        if not path:
-            path = "/"
-        if not path.startswith(("/", "?")):
-            path = "/" + path
-        if path == "/":
-            path = ""  # https://host/entity (no trailing slash) is what the .NET samples send
-        return f"{self.http_base}/{quote(self.entity, safe='/')}{path}"
+    def entity_http_url(self, path: str | CanonicalPath = "/") -> str:
+        """``https://host[:port]/entity{path}`` for HTTP senders; ``path`` is relative to the entity.
+
+        ``path`` is a :class:`~relay.paths.CanonicalPath` or text that :func:`relay.paths.canonical_path`
+        accepts (it raises :class:`~relay.paths.PathError`, a ValueError, for dot segments, encoded
+        separators or control characters). The text is encoded exactly once; hand it on as
+        ``yarl.URL(text, encoded=True)`` so neither yarl nor aiohttp re-interprets it.
+        """
+        target = path if isinstance(path, CanonicalPath) else canonical_path(path or "/", what="request path")
+        # https://host/entity (no trailing slash) for the root is what the .NET samples send.
+        return str(url_with_path(f"{self.http_base}/{quote(self.entity, safe='/')}", target))
 
 
 def parse_address(address: str, use_tls: bool | None = None) -> RelayAddress:
@@ -138,7 +142,7 @@ def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket
 
 async def ws_connect(
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | URL,
     *,
     headers: Mapping[str, str] | None = None,
     protocols: Sequence[str] = (),
@@ -169,11 +173,11 @@ async def ws_connect(
         return None, exc.status, holder[-1] if holder else (exc.message or "")
     except aiohttp.ClientConnectorCertificateError as exc:
         raise ConnectionLostError(
-            f"{context}: the TLS certificate of {urlsplit(url).netloc} is not trusted ({exc.certificate_error}); "
+            f"{context}: the TLS certificate of {urlsplit(str(url)).netloc} is not trusted ({exc.certificate_error}); "
             "for the local emulator pass connection_verify='/path/to/ca.pem' (or TrustedCaFile= in the connection string)"
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectionLostError(f"{context}: cannot reach {urlsplit(url).netloc}: {exc}") from None
+        raise ConnectionLostError(f"{context}: cannot reach {urlsplit(str(url)).netloc}: {exc}") from None
     finally:
         _handshake_reason.reset(token)
 
