@@ -36,6 +36,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 REQUEST_TIMEOUT = 70.0
 """Seconds to wait for the listener's response headers (Relay itself gives up after 60 s with 504)."""
 RETRY_AFTER_SECONDS = 5
+MIN_STATUS, MAX_STATUS = 200, 599
+"""The listener statuses passed on; anything else (1xx, 600-999) answers 502 ``bad_listener_status``."""
 """Retry-After sent with 503 when no listener is connected or the connection dropped."""
 
 _clients: dict[tuple, HybridConnectionClient] = {}
@@ -185,15 +187,23 @@ async def send_http(
     path: str | CanonicalPath,
     body: bytes,
     headers: Mapping[str, str],
-    timeout: float = REQUEST_TIMEOUT,
+    timeout: float | None = None,
 ) -> RelayReply:
     """Relay one HTTP request; returns the listener's reply (any status) or raises :class:`SendFailure`."""
     if len(body) > MAX_BODY_BYTES:
         raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        response = await client.request(method, path or "/", body=body or None, headers=dict(headers), timeout=timeout)
+        response = await client.request(method, path or "/", body=body or None, headers=dict(headers),
+                                        timeout=timeout or REQUEST_TIMEOUT)
         async with response:
+            if not MIN_STATUS <= response.status <= MAX_STATUS:
+                raise SendFailure(
+                    502, "bad_listener_status",
+                    f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
+                    f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
+                    False,
+                )
             data = await response.read()
             return RelayReply(response.status, response.reason, response.headers, data)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a SendFailure
@@ -202,7 +212,7 @@ async def send_http(
 
 async def send_ws(
     settings: Settings, connection: str, *, message: bytes | str, path: str | CanonicalPath = "", headers: Mapping[str, str] | None = None,
-    timeout: float = REQUEST_TIMEOUT,
+    timeout: float | None = None,
 ) -> None:
     """Open a relayed WebSocket, send ``message`` as one message, close. Raises :class:`SendFailure`."""
     size = len(message.encode("utf-8") if isinstance(message, str) else message)
@@ -210,7 +220,7 @@ async def send_ws(
         raise SendFailure(413, "payload_too_large", f"the message has {size} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        stream = await client.connect(path=path, headers=dict(headers or {}), timeout=timeout)
+        stream = await client.connect(path=path, headers=dict(headers or {}), timeout=timeout or REQUEST_TIMEOUT)
         async with stream:
             await stream.send(message)
     except Exception as exc:  # noqa: BLE001

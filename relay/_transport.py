@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from aiohttp.http_parser import RawResponseMessage
 from yarl import URL
 
 from .errors import ConnectionLostError, RelayError, error_from_status
@@ -120,6 +121,38 @@ async def _on_request_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEn
         holder.append(params.response.reason or "")
 
 
+class FinalResponse(aiohttp.ClientResponse):
+    """A response whose first status line is final, even a 1xx.
+
+    Relay sends no interim responses of its own (this client never sends ``Expect:
+    100-continue``), so a 1xx status is a listener's answer relayed as its *final* response.
+    aiohttp would skip it and wait for another status line that never comes (the sender hangs
+    until its timeout); here the 1xx is returned like any other status, for the caller to judge.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        read = protocol.read
+        informational: list[int] = []
+
+        async def read_final() -> Any:
+            message, payload = await read()
+            if 100 <= message.code <= 199 and message.code != 101:  # aiohttp loops on these
+                informational.append(message.code)
+                message = RawResponseMessage(message.version, 101, message.reason, message.headers, message.raw_headers,
+                                             message.should_close, message.compression, message.upgrade, message.chunked)
+            return message, payload
+
+        protocol.read = read_final
+        try:
+            await super().start(connection)
+        finally:
+            del protocol.read
+        if informational:
+            self.status = informational[0]
+        return self
+
+
 def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket: bool = True, **kwargs: Any) -> aiohttp.ClientSession:
     """A ClientSession with the relay's TLS settings; WebSocket sessions get the handshake-reason hook.
 
@@ -131,6 +164,8 @@ def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket
         trace.on_request_end.append(_on_request_end)
         traces.append(trace)
     connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_context if ssl_context is not None else False, enable_cleanup_closed=False)
+    if not websocket:
+        kwargs.setdefault("response_class", FinalResponse)
     return aiohttp.ClientSession(
         connector=connector,
         trace_configs=traces,
