@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from relay.paths import ROOT, CanonicalPath, PathError, canonical_name, canonical_path
 
-from .headers import IDEMPOTENCY_HEADER, HeaderError, check_header, request_headers
+from .headers import IDEMPOTENCY_HEADER, HeaderError, check_header, request_headers, strip_credentials_from_query
 
 ENVELOPE_KEYS = frozenset({"id", "connection", "path", "method", "headers", "body", "bodyBase64"})
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -113,6 +113,7 @@ def parse_message(raw: bytes, *, message_id: str, default_connection: str) -> Ou
         path = canonical_path(raw_path, what="\"path\"")
     except PathError as exc:
         raise EnvelopeError(str(exc)) from None
+    path = CanonicalPath(path.segments, path.trailing_slash, strip_credentials_from_query(path.query))
     method = data.get("method", "POST")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise EnvelopeError(f"\"method\" must be one of {', '.join(sorted(METHODS))}")

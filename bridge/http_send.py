@@ -16,11 +16,11 @@ import functools
 import json
 import logging
 from pathlib import Path
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, urlsplit
 
 import azure.functions as func
 
-from .headers import MODE_HEADER, request_headers, response_headers
+from .headers import MODE_HEADER, request_headers, response_headers, strip_credentials_from_query
 from .sender import MAX_BODY_BYTES, SendFailure, resolve_target, send_http, send_ws
 from .settings import SettingsError, get_settings
 
@@ -45,13 +45,8 @@ def route_prefix() -> str:
     return str(prefix).strip("/")
 
 
-def query_pairs(query: str) -> list[tuple[str, str]]:
-    """``(decoded lower-case name, raw pair)`` for each ``&``-separated pair of a raw query string."""
-    return [(unquote_plus(pair.partition("=")[0]).strip().lower(), pair) for pair in query.split("&") if pair]
-
-
-def raw_target(req: func.HttpRequest) -> tuple[str, list[tuple[str, str]]]:
-    """``/{connection}/{path}`` exactly as it arrived (percent-encoded, dot segments unresolved) and the query's pairs.
+def raw_target(req: func.HttpRequest) -> tuple[str, str]:
+    """``/{connection}/{path}`` exactly as it arrived (percent-encoded, dot segments unresolved) and the raw query.
 
     Taken from the request URL the host hands over, never from the decoded route params: a
     decoded ``%2F`` or ``%2e%2e`` would already have changed the segmentation. (Azure's front
@@ -68,7 +63,7 @@ def raw_target(req: func.HttpRequest) -> tuple[str, list[tuple[str, str]]]:
         connection = req.route_params.get("connection", "")
         rest = req.route_params.get("path") or ""
         path = "/" + quote(connection, safe="/") + ("/" + quote(rest, safe="/") if rest else "")
-    return path, query_pairs(parts.query)
+    return path, parts.query
 
 
 def error_response(failure: SendFailure) -> func.HttpResponse:
@@ -95,8 +90,8 @@ async def relay_send(req: func.HttpRequest) -> func.HttpResponse:
         log.error("%s", exc)
         return settings_error_response(exc)
     try:
-        path, pairs = raw_target(req)
-        query = "&".join(pair for name, pair in pairs if name not in _CONTROL_PARAMS)
+        path, raw_query = raw_target(req)
+        query = strip_credentials_from_query(raw_query, also=_CONTROL_PARAMS)
         connection, target = resolve_target(settings, path + (f"?{query}" if query else ""))
         body = req.get_body() or b""
         if len(body) > MAX_BODY_BYTES:

@@ -33,7 +33,7 @@ from relay.stream import HybridConnectionStream
 
 from . import fanin, storage
 from .credentials import get_credential
-from .headers import MESSAGE_ID_HEADER, inbound_headers
+from .headers import MESSAGE_ID_HEADER, inbound_headers, strip_credentials_from_query
 from .routing import route
 from .settings import Settings
 
@@ -105,7 +105,8 @@ class _Window:
         headers = inbound_headers(request.headers.items())
         try:
             stored, message_id = await self._store(
-                kind="http", method=request.method, path=request.path, query=request.query, headers=headers, body=body,
+                kind="http", method=request.method, path=request.path, query=strip_credentials_from_query(request.query),
+                headers=headers, body=body,
             )
         except Exception:
             return RelayedHttpResponse(
@@ -126,12 +127,13 @@ class _Window:
         path = url.path[len(entity_prefix):] if url.path.startswith(entity_prefix) else url.path
         headers = {k: v for k, v in inbound_headers(stream.headers.items()).items()
                    if not k.lower().startswith(_WS_HANDSHAKE_PREFIXES)}
+        query = strip_credentials_from_query(url.query)
         try:
             async for message in stream:
                 self.counts.wsMessages += 1
                 body = message.encode("utf-8") if isinstance(message, str) else bytes(message)
                 try:
-                    await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=url.query, headers=headers, body=body)
+                    await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=query, headers=headers, body=body)
                 except Exception:
                     await stream.close(1011, "the bridge could not store the message")
                     return
