@@ -45,6 +45,8 @@ WS_IDLE_CLOSE_CODE = 1001
 """Close code for a WebSocket stream that sent nothing for INBOUND_WS_IDLE_SECONDS ("going away"; reconnect to send more)."""
 WS_TOO_BIG_CLOSE_CODE = 1009
 """Close code for a WebSocket message over INBOUND_MAX_BODY_BYTES (RFC 6455 "message too big"); it is not stored."""
+ACCEPT_RESERVATION_SECONDS = 30.0
+"""How long an accepted WebSocket sender holds its slot before its stream starts (the accept rendezvous' budget)."""
 WS_OVER_LIMIT_STATUS = 503
 """HTTP status with which a WebSocket sender beyond INBOUND_MAX_WS_STREAMS is refused at accept."""
 _WS_HANDSHAKE_PREFIXES = ("sec-websocket-", "connection", "upgrade", "host")
@@ -85,6 +87,7 @@ class _Window:
         self.counts = counts
         self.in_flight = 0
         self.streams = 0
+        self.reserved: dict[str, float] = {}  # accepted senders whose stream has not started yet: id -> since
 
     async def _store(self, *, kind: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> tuple[fanin.Stored, str]:
         message = fanin.inbound_message(
@@ -143,16 +146,28 @@ class _Window:
         )
 
     def on_accept(self, ctx: AcceptContext) -> bool:
-        """Refuse a WebSocket sender beyond INBOUND_MAX_WS_STREAMS at the handshake (503), before a stream exists."""
-        if self.streams >= self.settings.inbound_max_ws_streams:
+        """Refuse a WebSocket sender beyond INBOUND_MAX_WS_STREAMS at the handshake (503), before a stream exists.
+
+        An accepted sender holds a reservation until its stream starts (``on_stream``), so a burst
+        of handshakes cannot all pass the check before the first stream is counted. Reservations
+        whose stream never arrived (the accept rendezvous failed) lapse after
+        :data:`ACCEPT_RESERVATION_SECONDS`.
+        """
+        now = time.monotonic()
+        for key, since in list(self.reserved.items()):
+            if now - since > ACCEPT_RESERVATION_SECONDS:
+                del self.reserved[key]
+        if self.streams + len(self.reserved) >= self.settings.inbound_max_ws_streams:
             ctx.status_code = WS_OVER_LIMIT_STATUS
             ctx.status_description = f"Too many WebSocket streams on this listener (at most {self.settings.inbound_max_ws_streams}); retry later"
             return False
+        self.reserved[ctx.id] = now
         return True
 
     async def on_stream(self, stream: HybridConnectionStream) -> None:
         self.counts.wsStreams += 1
-        if self.streams >= self.settings.inbound_max_ws_streams:  # accepted concurrently with the last free slot
+        self.reserved.pop(stream.id, None)
+        if self.streams >= self.settings.inbound_max_ws_streams:  # a lapsed reservation's stream arrived after all
             await stream.close(1013, "too many WebSocket streams; retry later")
             return
         self.streams += 1

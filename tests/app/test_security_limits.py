@@ -89,37 +89,34 @@ async def test_a_body_over_the_limit_is_413_and_not_stored(emulator, bridge_env,
 
 
 async def test_requests_beyond_the_in_flight_limit_get_503_with_retry_after(emulator, bridge_env, inbound_queue):
+    """Three requests whose bodies are held back by the senders: two occupy the two slots, the third is refused at once."""
     bridge_env(**{INBOUND_MAX_CONCURRENT_REQUESTS: "2"})
     window = asyncio.create_task(listener.run_window(get_settings(), "inbound", WINDOW))
     release = asyncio.Event()
-    started = [asyncio.Event(), asyncio.Event()]
 
-    def held(i: int):
-        async def body():
-            yield b"first part "
-            started[i].set()
-            await release.wait()
-            yield b"rest"
-        return body
+    async def held_body():
+        yield b"f" * 70_000  # over the 64 KiB inline threshold: the service starts the rendezvous at once
+        await release.wait()
+        yield b"rest"
+
+    async def post(i: int):
+        response = await client.request("POST", f"/held/{i}", body=held_body())
+        return i, response.status, dict(response.headers), await response.read()
 
     async with sender(emulator) as client:
         await when_online(lambda: client.request("GET", "/warmup"))
-        first = asyncio.create_task(client.request("POST", "/held/0", body=held(0)()))
-        second = asyncio.create_task(client.request("POST", "/held/1", body=held(1)()))
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 10)
-        for _ in range(100):  # both handlers are reading their bodies now
-            third = await client.request("POST", "/third", body=b"3")
-            if third.status == 503:
-                break
-            await third.read()
-            await asyncio.sleep(0.05)
-        assert third.status == 503 and third.headers["Retry-After"]
-        assert (await third.json())["error"] == "too_many_requests"
+        tasks = [asyncio.create_task(post(i)) for i in range(3)]
+        done, pending = await asyncio.wait(tasks, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and len(pending) == 2, "the request beyond the limit was not answered while two were held"
+        refused, status, headers, body = done.pop().result()
+        assert status == 503 and headers.get("Retry-After"), (status, headers, body)
+        assert json.loads(body)["error"] == "too_many_requests"
         release.set()
-        assert (await first).status == 202 and (await second).status == 202
+        accepted = [await task for task in pending]
+        assert [status for _, status, _, _ in accepted] == [202, 202]
     await window
-    stored = await inbound_queue(4)
-    assert {m["path"] for m in stored} >= {"/held/0", "/held/1"}
+    stored = await inbound_queue(3)
+    assert sorted(m["path"] for m in stored) == sorted({"/warmup", *(f"/held/{i}" for i, _, _, _ in accepted)})
 
 
 async def test_websocket_streams_beyond_the_limit_are_refused(emulator, bridge_env, inbound_queue):
