@@ -10,15 +10,22 @@ everything that reaches it: nothing may. Requests are built the way the host han
 from __future__ import annotations
 
 import json
+import posixpath
+import unicodedata
 from urllib.parse import unquote
 
 import azure.functions as func
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from bridge.envelope import EnvelopeError, parse_message
 from bridge.http_send import relay_send
 from bridge.outbound import process_outbound
-from bridge.settings import get_settings
+from bridge.sender import SendFailure, resolve_target
+from bridge.settings import get_settings, load_settings
+from relay._transport import parse_address
 from tests.app.conftest import drain_queue, echo_handler, onprem_listener
 
 
@@ -117,3 +124,36 @@ async def test_envelope_path_tricks_are_poisoned_and_never_sent(emulator, bridge
 def test_envelope_connection_must_be_an_exact_configured_name():
     with pytest.raises(EnvelopeError, match="dot segment"):
         parse_message(json.dumps({"connection": "echo/../inbound", "body": "x"}).encode(), message_id="m", default_connection="echo")
+
+
+# -- property: whatever arrives, the request goes to an allowed connection and stays under it ------
+
+PIECES = st.sampled_from([
+    "echo", "inbound", "orders", "eu", "x", ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "/", "\\", ";", "%00", "%0d%0a",
+    "%25", "%252e", "@", ":", "?", "#", "%", "\uff0e", "%e2%80%a4", " ", "ECHO", "Orders", "evil:1", "&code=k", "=",
+])
+
+
+def _hostile_resolve(encoded_path: str) -> str:
+    """A lax downstream: decode twice, '\\' as '/', drop ;params, NFKC, resolve dots."""
+    text = unquote(unquote(encoded_path)).replace("\\", "/")
+    segments = [unicodedata.normalize("NFKC", s.split(";", 1)[0]) for s in text.split("/")]
+    return posixpath.normpath("/" + "/".join(segments).lstrip("/"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=st.lists(PIECES, max_size=10).map("".join))
+def test_property_allow_list_holds_for_any_request_path(raw):
+    allowed = ("orders", "echo", "orders/eu")
+    s = load_settings({"RELAY_NAMESPACE": "ns.example", "RELAY_OUTBOUND_CONNECTIONS": ",".join(allowed),
+                       "BridgeStorage": "UseDevelopmentStorage=true"})
+    try:
+        connection, rest = resolve_target(s, "/" + raw)
+    except SendFailure as failure:
+        assert (failure.status, failure.code) in ((400, "bad_path"), (404, "unknown_connection")) and not failure.transient
+        return
+    assert connection in allowed
+    url = URL(parse_address(s.relay_address(connection)).entity_http_url(rest), encoded=True)
+    assert (url.raw_host, url.port) == ("ns.example", 443)
+    resolved = _hostile_resolve(url.raw_path)
+    assert resolved == f"/{connection}" or resolved.startswith(f"/{connection}/")
