@@ -5,15 +5,17 @@ Policy (the queue function returns normally or raises, nothing is dropped silent
 * delivered: the listener answered 1xx-3xx → done.
 * transient (retry): no listener, Relay/listener timeout, lost connection, the identity
   endpoint failing, or the listener answering 408/425/429/5xx → raise :class:`RetryLater`; the
-  host makes the message visible again after ``visibilityTimeout`` and, after
-  ``maxDequeueCount`` (5) attempts, moves it to ``relay-outbound-poison``. On the last attempt
-  the bridge writes the poison record itself (with the reason) and returns, so the poison
-  queue says why.
+  host makes the message visible again after ``visibilityTimeout``. On the last attempt
+  (``maxDequeueCount``, 5) the bridge writes its failure record (with the reason) to
+  ``relay-outbound-failed`` and returns, so the record says why.
 * permanent (no retry): malformed envelope, connection not in RELAY_OUTBOUND_CONNECTIONS or not
   found by Relay, token refused, missing Sender role, payload too large, or another 4xx from the
-  listener → a poison record is written at once and the function returns.
+  listener, a listener status outside 200-599 → a failure record is written at the first attempt
+  and the function returns. Every parse or validation failure of an envelope is permanent.
 
-A poison record is JSON (base64-encoded like the host's own poison messages)::
+A failure record is JSON on ``relay-outbound-failed`` (base64-encoded like every app message),
+kept apart from the host's own ``relay-outbound-poison``, which holds the raw messages the host
+moved after the function *raised* on every attempt (docs/app.md, "Replaying")::
 
     {"reason": "...", "error": "<code>", "id": "<envelope id, else the queue message id>", "connection": "orders" | null,
      "dequeue_count": 1, "time": "2026-11-29T10:00:00.000000Z",
