@@ -23,7 +23,7 @@ from bridge.settings import (
     load_settings,
 )
 from relay.client import HybridConnectionClient
-from relay.errors import NoListenerError, RejectedError
+from relay.errors import ConnectionLostError, NoListenerError, RejectedError
 
 from .conftest import app_env, clear_queue, drain_queue, root_credential
 
@@ -153,3 +153,21 @@ async def test_an_idle_stream_is_closed_with_1001(emulator, bridge_env, inbound_
         await stream.close()
     counts = await window
     assert counts.wsStreams == 1 and counts.stored == 1
+
+
+async def test_a_websocket_message_over_the_limit_closes_the_stream_with_1009(emulator, bridge_env, inbound_queue):
+    bridge_env(**{INBOUND_MAX_BODY_BYTES: "1024"})
+    window = asyncio.create_task(listener.run_window(get_settings(), "inbound", WINDOW))
+    async with sender(emulator) as client:
+        stream = await when_online(lambda: client.connect(path="/big-ws"))
+        await stream.send("small")
+        await stream.send(b"x" * 5000)
+        with pytest.raises(ConnectionLostError):
+            while await asyncio.wait_for(stream.receive(), WINDOW) is not None:
+                pass
+        assert stream.close_code == 1009
+        await stream.close()
+    counts = await window
+    assert counts.stored == 1
+    [message] = await inbound_queue(1)
+    assert message["body"] == "small"
