@@ -22,14 +22,16 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-from .headers import IDEMPOTENCY_HEADER, request_headers
+from relay.paths import ROOT, CanonicalPath, PathError, canonical_name, canonical_path
+
+from .headers import IDEMPOTENCY_HEADER, HeaderError, check_header, request_headers, strip_credentials_from_query
 
 ENVELOPE_KEYS = frozenset({"id", "connection", "path", "method", "headers", "body", "bodyBase64"})
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 class EnvelopeError(ValueError):
-    """The message looks like an envelope but is malformed (the message says which field)."""
+    """The message looks like an envelope but is malformed (the message says which field). Always permanent."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class OutboundMessage:
     id: str
     connection: str
     method: str
-    path: str
+    path: CanonicalPath
     headers: dict[str, str]
     body: bytes = field(repr=False)
     is_envelope: bool
@@ -67,14 +69,26 @@ def is_envelope(data: object) -> bool:
 
 
 def parse_message(raw: bytes, *, message_id: str, default_connection: str) -> OutboundMessage:
-    """Turn a queue message body into an :class:`OutboundMessage`; raises :class:`EnvelopeError`."""
+    """Turn a queue message body into an :class:`OutboundMessage`; raises :class:`EnvelopeError`.
+
+    Every parse or validation failure is an :class:`EnvelopeError` (never a RecursionError or a
+    header error surfacing later as a transient send failure), so the message is poisoned at
+    its first attempt with the reason.
+    """
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    try:
+        data = json.loads(text) if text is not None else None
+    except ValueError:
         data = None
+    except RecursionError:
+        raise EnvelopeError("the message's JSON nests arrays or objects too deeply to parse") from None
     if not is_envelope(data):
+        _check_id(message_id)
         return OutboundMessage(
-            id=message_id, connection=default_connection, method="POST", path="/",
+            id=message_id, connection=default_connection, method="POST", path=ROOT,
             headers={"Content-Type": _guess_content_type(raw), IDEMPOTENCY_HEADER: message_id}, body=raw, is_envelope=False,
         )
     assert isinstance(data, dict)
@@ -84,12 +98,22 @@ def parse_message(raw: bytes, *, message_id: str, default_connection: str) -> Ou
     env_id = data.get("id", message_id)
     if not isinstance(env_id, str) or not env_id or len(env_id) > 256:
         raise EnvelopeError("\"id\" must be a non-empty string of at most 256 characters")
+    _check_id(env_id)
     connection = data.get("connection", default_connection)
-    if not isinstance(connection, str) or not connection.strip("/"):
+    if not isinstance(connection, str):
         raise EnvelopeError("\"connection\" must be a hybrid connection name")
-    path = data.get("path", "/")
-    if not isinstance(path, str) or not path.startswith("/"):
+    try:
+        canonical_name(connection, what="\"connection\"")
+    except PathError as exc:
+        raise EnvelopeError(str(exc)) from None
+    raw_path = data.get("path", "/")
+    if not isinstance(raw_path, str) or not raw_path.startswith("/"):
         raise EnvelopeError("\"path\" must be a string starting with '/'")
+    try:
+        path = canonical_path(raw_path, what="\"path\"")
+    except PathError as exc:
+        raise EnvelopeError(str(exc)) from None
+    path = CanonicalPath(path.segments, path.trailing_slash, strip_credentials_from_query(path.query))
     method = data.get("method", "POST")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise EnvelopeError(f"\"method\" must be one of {', '.join(sorted(METHODS))}")
@@ -110,10 +134,26 @@ def parse_message(raw: bytes, *, message_id: str, default_connection: str) -> Ou
         elif value is None:
             body = b""
         else:  # a JSON value: send it as JSON
-            body = json.dumps(value, separators=(",", ":")).encode("utf-8")
+            try:
+                body = json.dumps(value, separators=(",", ":")).encode("utf-8")
+            except RecursionError:
+                raise EnvelopeError("\"body\" nests arrays or objects too deeply to send as JSON") from None
             headers = {"Content-Type": "application/json", **headers}
+    for name, value in headers.items():
+        try:
+            check_header(name, value)
+        except HeaderError as exc:
+            raise EnvelopeError(f"\"headers\": {exc}") from None
     forwarded = request_headers(headers)
     forwarded[IDEMPOTENCY_HEADER] = env_id
     return OutboundMessage(
-        id=env_id, connection=connection.strip("/"), method=method.upper(), path=path, headers=forwarded, body=body, is_envelope=True,
+        id=env_id, connection=connection, method=method.upper(), path=path, headers=forwarded, body=body, is_envelope=True,
     )
+
+
+def _check_id(value: str) -> None:
+    """The id travels as the ``Idempotency-Key`` header: it must be a valid header value."""
+    try:
+        check_header(IDEMPOTENCY_HEADER, value)
+    except HeaderError as exc:
+        raise EnvelopeError(f"\"id\" (sent as {IDEMPOTENCY_HEADER}): {exc}") from None

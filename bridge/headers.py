@@ -1,9 +1,21 @@
-"""Which HTTP headers cross the bridge.
+"""Which HTTP headers (and query parameters) cross the bridge: the one credential deny-list.
 
-Outbound (caller → on-premises listener) and back (listener → caller) use allow-lists, so
-credentials and platform headers never leak: ``Authorization``, ``x-functions-key``,
-``Cookie``/``Set-Cookie``, ``ServiceBusAuthorization`` and the App Service / Functions
-``X-MS-*``, ``X-ARR-*``, ``X-Forwarded-*`` headers are always dropped.
+**Credentials never cross**, in either direction (outbound: relay_send, queue envelopes and the
+answers coming back; inbound: the messages the listener window stores). Compared
+case-insensitively:
+
+* headers (:func:`is_credential_header`): ``Authorization``, ``Proxy-Authorization``, ``Cookie``,
+  ``Set-Cookie``, ``ServiceBusAuthorization``, ``X-Api-Key``, ``Ocp-Apim-Subscription-Key``,
+  ``X-Functions-Key`` and every name containing ``authorization``, ``cookie``, ``token``,
+  ``secret``, ``password`` or ``key`` (``Idempotency-Key`` excepted: the bridge sets it);
+* query parameters (:func:`strip_credentials_from_query`, names percent-decoded first):
+  ``code`` (function key), ``sig``, ``sb-hc-token``, the SAS parts ``sv``, ``se``, ``sp``,
+  ``skn``, the API-key names ``key``, ``apikey``, ``api-key``, ``api_key``,
+  ``subscription-key``, and every name containing ``token``, ``secret`` or ``password``.
+
+Outbound (caller → on-premises listener) and back (listener → caller) also use allow-lists, so
+platform headers never leak either: the App Service / Functions ``X-MS-*``, ``X-ARR-*``,
+``X-Forwarded-*`` headers are always dropped.
 
 Forwarded to the listener: ``Content-Type``, ``Content-Language``, ``Accept``,
 ``Accept-Language``, ``If-Match``, ``If-None-Match``, ``Idempotency-Key``, ``traceparent``,
@@ -15,6 +27,7 @@ Returned to the caller: ``Content-Type``, ``Content-Language``, ``Content-Dispos
 from __future__ import annotations
 
 from typing import Iterable, Mapping
+from urllib.parse import unquote_plus
 
 REQUEST_HEADERS = frozenset(
     h.lower()
@@ -28,20 +41,65 @@ RESPONSE_HEADERS = frozenset(
     for h in ("Content-Type", "Content-Language", "Content-Disposition", "Cache-Control", "ETag", "Last-Modified", "Retry-After")
 )
 _DENIED_PREFIXES = ("x-ms-", "x-arr-", "x-forwarded-", "x-original-", "x-waws-", "x-site-", "x-appservice-", "x-functions-")
-_DENIED_FRAGMENTS = ("authorization", "cookie", "functions-key", "token", "secret", "password")
+CREDENTIAL_HEADERS = frozenset(
+    h.lower()
+    for h in ("Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie", "ServiceBusAuthorization", "X-Api-Key",
+              "Ocp-Apim-Subscription-Key", "X-Functions-Key")
+)
+CREDENTIAL_HEADER_FRAGMENTS = ("authorization", "cookie", "token", "secret", "password", "key")
+NOT_CREDENTIAL_HEADERS = frozenset({"idempotency-key"})
+CREDENTIAL_QUERY_PARAMS = frozenset(
+    {"code", "sig", "sb-hc-token", "sv", "se", "sp", "skn", "key", "apikey", "api-key", "api_key", "subscription-key"}
+)
+CREDENTIAL_QUERY_FRAGMENTS = ("token", "secret", "password")
 MODE_HEADER = "X-Relay-Mode"
 """The bridge's own control header (``ws`` selects WebSocket mode); never forwarded."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MESSAGE_ID_HEADER = "X-Relay-Message-Id"
 
 
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class HeaderError(ValueError):
+    """A header name or value that no HTTP layer may carry (CR, LF, NUL or another control character)."""
+
+
+def check_header(name: str, value: str) -> None:
+    """Raise :class:`HeaderError` unless ``name`` is an RFC 9110 token and ``value`` has no control characters (tab allowed)."""
+    if not name or not set(name) <= _TOKEN_CHARS:
+        raise HeaderError(f"header name {name!r} is not a valid token (letters, digits and !#$%&'*+-.^_`|~ only)")
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise HeaderError(f"the value of header {name!r} contains a control character (CR, LF, NUL or similar)")
+
+
+def is_credential_header(name: str) -> bool:
+    """True when the header ``name`` (any case) may carry a credential (see the module docs)."""
+    lowered = name.strip().lower()
+    if lowered in NOT_CREDENTIAL_HEADERS:
+        return False
+    return lowered in CREDENTIAL_HEADERS or any(fragment in lowered for fragment in CREDENTIAL_HEADER_FRAGMENTS)
+
+
+def is_credential_param(name: str) -> bool:
+    """True when the query parameter ``name`` (decoded, any case) may carry a credential."""
+    lowered = name.strip().lower()
+    return lowered in CREDENTIAL_QUERY_PARAMS or any(fragment in lowered for fragment in CREDENTIAL_QUERY_FRAGMENTS)
+
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    """``(decoded lower-case name, raw pair)`` for each ``&``-separated pair of a raw query string."""
+    return [(unquote_plus(pair.partition("=")[0]).strip().lower(), pair) for pair in query.split("&") if pair]
+
+
+def strip_credentials_from_query(query: str, *, also: frozenset[str] = frozenset()) -> str:
+    """``query`` without credential parameters (and names in ``also``, lower-case); the rest byte for byte."""
+    return "&".join(pair for name, pair in query_pairs(query) if not is_credential_param(name) and name not in also)
+
+
 def _denied(name: str) -> bool:
     lowered = name.lower()
-    return (
-        lowered.startswith(_DENIED_PREFIXES)
-        or any(fragment in lowered for fragment in _DENIED_FRAGMENTS)
-        or lowered == MODE_HEADER.lower()
-    )
+    return lowered.startswith(_DENIED_PREFIXES) or is_credential_header(lowered) or lowered == MODE_HEADER.lower()
 
 
 def _filter(headers: Mapping[str, str] | Iterable[tuple[str, str]], allowed: frozenset[str]) -> dict[str, str]:
@@ -69,4 +127,4 @@ def response_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> 
 def inbound_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers of a request received from Relay, as stored in the inbound message (credentials dropped)."""
     items = headers.items() if hasattr(headers, "items") else headers
-    return {name: value for name, value in items if not any(f in name.lower() for f in _DENIED_FRAGMENTS)}
+    return {name: value for name, value in items if not is_credential_header(name)}

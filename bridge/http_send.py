@@ -12,21 +12,58 @@ problems, 503 + Retry-After no listener, 504 listener timeout).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from urllib.parse import urlencode
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import azure.functions as func
 
-from .headers import MODE_HEADER, request_headers, response_headers
-from .sender import MAX_BODY_BYTES, SendFailure, resolve_connection, send_http, send_ws
+from .headers import MODE_HEADER, request_headers, response_headers, strip_credentials_from_query
+from .sender import MAX_BODY_BYTES, SendFailure, resolve_target, send_http, send_ws
 from .settings import SettingsError, get_settings
 
 log = logging.getLogger("bridge.http_send")
 
 bp = func.Blueprint()
 
-_CONTROL_PARAMS = {"code", "mode"}
+ROUTE = "relay"
+"""The literal first segment of this function's route (``relay/{connection}/{*path}``)."""
+_CONTROL_PARAMS = frozenset({"code", "mode"})
+"""Query parameters meant for the host and the bridge (the function key, the send mode); never forwarded."""
+
+
+@functools.cache
+def route_prefix() -> str:
+    """host.json ``extensions.http.routePrefix`` (``api`` when unset), as the host applies it."""
+    try:
+        config = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+        prefix = config.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+    except (OSError, ValueError, AttributeError):
+        prefix = "api"
+    return str(prefix).strip("/")
+
+
+def raw_target(req: func.HttpRequest) -> tuple[str, str]:
+    """``/{connection}/{path}`` exactly as it arrived (percent-encoded, dot segments unresolved) and the raw query.
+
+    Taken from the request URL the host hands over, never from the decoded route params: a
+    decoded ``%2F`` or ``%2e%2e`` would already have changed the segmentation. (Azure's front
+    end removes dot segments and decodes everything but ``%2F`` before routing; devhost passes
+    the raw path, which is stricter: such paths are refused with 400 instead of resolved.) When
+    the URL does not carry the route (a rewriting proxy), the route params are re-encoded, so
+    what they decoded to is checked by the same canonical rules.
+    """
+    parts = urlsplit(req.url or "")
+    lead = "/" + "/".join(p for p in (route_prefix(), ROUTE) if p) + "/"
+    if parts.path.lower().startswith(lead.lower()):
+        path = parts.path[len(lead) - 1:]
+    else:
+        connection = req.route_params.get("connection", "")
+        rest = req.route_params.get("path") or ""
+        path = "/" + quote(connection, safe="/") + ("/" + quote(rest, safe="/") if rest else "")
+    return path, parts.query
 
 
 def error_response(failure: SendFailure) -> func.HttpResponse:
@@ -53,14 +90,15 @@ async def relay_send(req: func.HttpRequest) -> func.HttpResponse:
         log.error("%s", exc)
         return settings_error_response(exc)
     try:
-        connection, path = resolve_connection(settings, req.route_params.get("connection", ""), req.route_params.get("path") or "")
+        path, raw_query = raw_target(req)
+        query = strip_credentials_from_query(raw_query, also=_CONTROL_PARAMS)
+        connection, target = resolve_target(settings, path + (f"?{query}" if query else ""))
         body = req.get_body() or b""
         if len(body) > MAX_BODY_BYTES:
             raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
-        query = urlencode([(k, v) for k, v in req.params.items() if k not in _CONTROL_PARAMS])
-        target = path + (f"?{query}" if query else "")
         headers = request_headers(req.headers.items())
-        mode = (req.params.get("mode") or req.headers.get(MODE_HEADER) or "http").lower()
+        modes = [v for k, v in req.params.items() if k.lower() == "mode"]
+        mode = (modes[0] if modes else req.headers.get(MODE_HEADER) or "http").strip().lower()
         if mode in ("ws", "websocket"):
             content_type = req.headers.get("Content-Type", "")
             message: bytes | str = body

@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from relay.listener import HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
+from relay.listener import AcceptContext, HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
 from relay.stream import HybridConnectionStream
 
 from . import fanin, storage
 from .credentials import get_credential
-from .headers import MESSAGE_ID_HEADER, inbound_headers
+from .headers import MESSAGE_ID_HEADER, inbound_headers, strip_credentials_from_query
 from .routing import route
 from .settings import Settings
 
@@ -44,6 +44,14 @@ REPORT_PREFIX = "_listener-reports"
 STATUS_PREFIX = "_listener-status"
 HEARTBEAT_SECONDS = 3.0
 """How often a running window writes its live counts to its heartbeat blob (the admin status route reads them)."""
+WS_IDLE_CLOSE_CODE = 1001
+"""Close code for a WebSocket stream that sent nothing for INBOUND_WS_IDLE_SECONDS ("going away"; reconnect to send more)."""
+WS_TOO_BIG_CLOSE_CODE = 1009
+"""Close code for a WebSocket message over INBOUND_MAX_BODY_BYTES (RFC 6455 "message too big"); it is not stored."""
+ACCEPT_RESERVATION_SECONDS = 30.0
+"""How long an accepted WebSocket sender holds its slot before its stream starts (the accept rendezvous' budget)."""
+WS_OVER_LIMIT_STATUS = 503
+"""HTTP status with which a WebSocket sender beyond INBOUND_MAX_WS_STREAMS is refused at accept."""
 _WS_HANDSHAKE_PREFIXES = ("sec-websocket-", "connection", "upgrade", "host")
 
 
@@ -81,6 +89,9 @@ class _Window:
         self.settings = settings
         self.connection = connection
         self.counts = counts
+        self.in_flight = 0
+        self.streams = 0
+        self.reserved: dict[str, float] = {}  # accepted senders whose stream has not started yet: id -> since
 
     async def _store(self, *, kind: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> tuple[fanin.Stored, str]:
         message = fanin.inbound_message(
@@ -105,37 +116,95 @@ class _Window:
 
     async def on_request(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
         self.counts.httpRequests += 1
-        body = await request.read()
+        if self.in_flight >= self.settings.inbound_max_concurrent_requests:
+            # The unread body is discarded by the relay listener; nothing is buffered here.
+            return _json_response(503, "too_many_requests",
+                                  f"more than {self.settings.inbound_max_concurrent_requests} requests in flight; retry later",
+                                  {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        self.in_flight += 1
+        try:
+            return await self._serve(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
+        limit = self.settings.inbound_max_body_bytes
+        body = await _read_at_most(request, limit)
+        if body is None:
+            return _json_response(413, "payload_too_large",
+                                  f"the body exceeds {limit} bytes, the most this bridge stores (INBOUND_MAX_BODY_BYTES); "
+                                  "send a smaller body or a reference to the data")
         headers = inbound_headers(request.headers.items())
         try:
             stored, message_id = await self._store(
-                kind="http", method=request.method, path=request.path, query=request.query, headers=headers, body=body,
+                kind="http", method=request.method, path=request.path, query=strip_credentials_from_query(request.query),
+                headers=headers, body=body,
             )
         except Exception:
-            return RelayedHttpResponse(
-                503,
-                headers={"Content-Type": "application/json", "Retry-After": str(RETRY_AFTER_SECONDS)},
-                body=json.dumps({"error": "store_failed", "message": "the message was not stored; retry later"}).encode(),
-            )
+            return _json_response(503, "store_failed", "the message was not stored; retry later",
+                                  {"Retry-After": str(RETRY_AFTER_SECONDS)})
         return RelayedHttpResponse(
             202,
             headers={"Content-Type": "application/json", MESSAGE_ID_HEADER: message_id},
             body=json.dumps({"id": message_id, "queue": stored.queue, "claimCheck": stored.claim_checked}).encode(),
         )
 
+    def on_accept(self, ctx: AcceptContext) -> bool:
+        """Refuse a WebSocket sender beyond INBOUND_MAX_WS_STREAMS at the handshake (503), before a stream exists.
+
+        An accepted sender holds a reservation until its stream starts (``on_stream``), so a burst
+        of handshakes cannot all pass the check before the first stream is counted. Reservations
+        whose stream never arrived (the accept rendezvous failed) lapse after
+        :data:`ACCEPT_RESERVATION_SECONDS`.
+        """
+        now = time.monotonic()
+        for key, since in list(self.reserved.items()):
+            if now - since > ACCEPT_RESERVATION_SECONDS:
+                del self.reserved[key]
+        if self.streams + len(self.reserved) >= self.settings.inbound_max_ws_streams:
+            ctx.status_code = WS_OVER_LIMIT_STATUS
+            ctx.status_description = f"Too many WebSocket streams on this listener (at most {self.settings.inbound_max_ws_streams}); retry later"
+            return False
+        self.reserved[ctx.id] = now
+        return True
+
     async def on_stream(self, stream: HybridConnectionStream) -> None:
         self.counts.wsStreams += 1
+        self.reserved.pop(stream.id, None)
+        if self.streams >= self.settings.inbound_max_ws_streams:  # a lapsed reservation's stream arrived after all
+            await stream.close(1013, "too many WebSocket streams; retry later")
+            return
+        self.streams += 1
+        try:
+            await self._serve_stream(stream)
+        finally:
+            self.streams -= 1
+
+    async def _serve_stream(self, stream: HybridConnectionStream) -> None:
         url = urlsplit(stream.url or "")
         entity_prefix = "/" + self.connection
         path = url.path[len(entity_prefix):] if url.path.startswith(entity_prefix) else url.path
         headers = {k: v for k, v in inbound_headers(stream.headers.items()).items()
                    if not k.lower().startswith(_WS_HANDSHAKE_PREFIXES)}
+        query = strip_credentials_from_query(url.query)
+        idle = self.settings.inbound_ws_idle_seconds
+        limit = self.settings.inbound_max_body_bytes
         try:
-            async for message in stream:
+            while True:
+                try:
+                    message = await asyncio.wait_for(stream.receive(), idle)
+                except asyncio.TimeoutError:
+                    await stream.close(WS_IDLE_CLOSE_CODE, f"idle for {idle} s (INBOUND_WS_IDLE_SECONDS); reconnect to send more")
+                    return
+                if message is None:
+                    break
                 self.counts.wsMessages += 1
                 body = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+                if len(body) > limit:
+                    await stream.close(WS_TOO_BIG_CLOSE_CODE, f"message over {limit} bytes (INBOUND_MAX_BODY_BYTES) not stored")
+                    return
                 try:
-                    await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=url.query, headers=headers, body=body)
+                    await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=query, headers=headers, body=body)
                 except Exception:
                     await stream.close(1011, "the bridge could not store the message")
                     return
@@ -143,6 +212,26 @@ class _Window:
             log.info("%s: WebSocket stream %s ended: %s", self.connection, stream.id, _error_text(exc))
         finally:
             await stream.close()
+
+
+def _json_response(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> RelayedHttpResponse:
+    return RelayedHttpResponse(status, headers={"Content-Type": "application/json", **(headers or {})},
+                               body=json.dumps({"error": error, "message": message}).encode())
+
+
+async def _read_at_most(request: RelayedHttpRequest, limit: int) -> bytes | None:
+    """The whole body, or ``None`` as soon as it exceeds ``limit`` bytes (the rest is never buffered)."""
+    declared = request.headers.get("Content-Length")
+    if declared and declared.strip().isdigit() and int(declared) > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.iter_chunks():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def run_window(settings: Settings, connection: str, seconds: float, *, window_id: str | None = None) -> WindowCounts:
@@ -162,6 +251,8 @@ async def run_window(settings: Settings, connection: str, seconds: float, *, win
         get_credential(settings.relay_client_id),
         connection_verify=settings.connection_verify,
         request_handler=window.on_request,
+        accept_handler=window.on_accept,
+        stream_request_body=True,  # bodies are counted as they arrive: INBOUND_MAX_BODY_BYTES holds before buffering
         on_online=went_online,
     )
     streams: set[asyncio.Task] = set()

@@ -5,15 +5,17 @@ Policy (the queue function returns normally or raises, nothing is dropped silent
 * delivered: the listener answered 1xx-3xx → done.
 * transient (retry): no listener, Relay/listener timeout, lost connection, the identity
   endpoint failing, or the listener answering 408/425/429/5xx → raise :class:`RetryLater`; the
-  host makes the message visible again after ``visibilityTimeout`` and, after
-  ``maxDequeueCount`` (5) attempts, moves it to ``relay-outbound-poison``. On the last attempt
-  the bridge writes the poison record itself (with the reason) and returns, so the poison
-  queue says why.
+  host makes the message visible again after ``visibilityTimeout``. On the last attempt
+  (``maxDequeueCount``, 5) the bridge writes its failure record (with the reason) to
+  ``relay-outbound-failed`` and returns, so the record says why.
 * permanent (no retry): malformed envelope, connection not in RELAY_OUTBOUND_CONNECTIONS or not
   found by Relay, token refused, missing Sender role, payload too large, or another 4xx from the
-  listener → a poison record is written at once and the function returns.
+  listener, a listener status outside 200-599 → a failure record is written at the first attempt
+  and the function returns. Every parse or validation failure of an envelope is permanent.
 
-A poison record is JSON (base64-encoded like the host's own poison messages)::
+A failure record is JSON on ``relay-outbound-failed`` (base64-encoded like every app message),
+kept apart from the host's own ``relay-outbound-poison``, which holds the raw messages the host
+moved after the function *raised* on every attempt (docs/app.md, "Replaying")::
 
     {"reason": "...", "error": "<code>", "id": "<envelope id, else the queue message id>", "connection": "orders" | null,
      "dequeue_count": 1, "time": "2026-11-29T10:00:00.000000Z",
@@ -31,8 +33,8 @@ from dataclasses import dataclass
 from . import storage
 from .envelope import EnvelopeError, parse_message
 from .fanin import utc_now_text
-from .sender import SendFailure, resolve_connection, send_http
-from .settings import OUTBOUND_POISON_QUEUE, Settings
+from .sender import send_http, SendFailure, unknown_connection
+from .settings import OUTBOUND_FAILED_QUEUE, Settings
 
 log = logging.getLogger("bridge.outbound")
 
@@ -82,8 +84,8 @@ def poison_record(raw: bytes, *, reason: str, error: str, message_id: str, conne
 
 
 async def write_poison(record: dict) -> None:
-    """Append ``record`` to ``relay-outbound-poison`` (base64, never expires). Raises on failure."""
-    client = await storage.queue(OUTBOUND_POISON_QUEUE)
+    """Append ``record`` to ``relay-outbound-failed`` (base64, never expires). Raises on failure."""
+    client = await storage.queue(OUTBOUND_FAILED_QUEUE)
     await client.send_message(json.dumps(record, separators=(",", ":"), ensure_ascii=False), time_to_live=-1)
 
 
@@ -95,7 +97,7 @@ async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, d
     record_id = message_id  # the envelope's id once parsed: the Idempotency-Key the listener would have seen
 
     async def poison(reason: str, error: str, status: int | None = None) -> Outcome:
-        log.warning("message %s goes to %s: %s", message_id, OUTBOUND_POISON_QUEUE, reason)
+        log.warning("message %s goes to %s: %s", message_id, OUTBOUND_FAILED_QUEUE, reason)
         await write_poison(poison_record(raw, reason=reason, error=error, message_id=record_id,
                                          connection=connection, dequeue_count=attempt))
         return Outcome("poisoned", status, reason, error)
@@ -103,13 +105,14 @@ async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, d
     try:
         message = parse_message(raw, message_id=message_id, default_connection=settings.default_connection)
         connection, record_id = message.connection, message.id
-        connection, _ = resolve_connection(settings, message.connection)
-        if connection != message.connection:  # only exact names in envelopes
-            raise SendFailure(404, "unknown_connection", f"hybrid connection {message.connection!r} is not in RELAY_OUTBOUND_CONNECTIONS", False)
+        if connection not in settings.outbound_connections:  # only exact names in envelopes
+            raise unknown_connection(settings, connection)
     except EnvelopeError as exc:
         return await poison(f"malformed envelope: {exc}", "malformed_envelope")
     except SendFailure as failure:
         return await poison(failure.message, failure.code)
+    except (ValueError, TypeError, RecursionError) as exc:  # any other parse failure is as permanent
+        return await poison(f"malformed envelope: {type(exc).__name__}: {exc}"[:500], "malformed_envelope")
 
     try:
         reply = await send_http(settings, connection, method=message.method, path=message.path, body=message.body, headers=message.headers)

@@ -2,7 +2,8 @@
 
 The trigger only translates the host's QueueMessage; the delivery and poison policy is in
 :mod:`bridge.outbound`. Raising (transient failures, configuration errors) makes the host retry
-and, after host.json ``maxDequeueCount``, move the message to ``relay-outbound-poison``.
+and, after host.json ``maxDequeueCount``, move the raw message to ``relay-outbound-poison``; the
+app's own failure records (with the reason) go to ``relay-outbound-failed``.
 """
 
 from __future__ import annotations

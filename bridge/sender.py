@@ -15,6 +15,7 @@ from typing import Mapping
 from azure.core.exceptions import ClientAuthenticationError
 
 from relay.client import HybridConnectionClient
+from relay.paths import CanonicalPath, PathError, canonical_path, split_connection
 from relay.errors import (
     AuthorizationFailedError,
     ConnectionLostError,
@@ -35,6 +36,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 REQUEST_TIMEOUT = 70.0
 """Seconds to wait for the listener's response headers (Relay itself gives up after 60 s with 504)."""
 RETRY_AFTER_SECONDS = 5
+MIN_STATUS, MAX_STATUS = 200, 599
+"""The listener statuses passed on; anything else (1xx, 600-999) answers 502 ``bad_listener_status``."""
 """Retry-After sent with 503 when no listener is connected or the connection dropped."""
 
 _clients: dict[tuple, HybridConnectionClient] = {}
@@ -67,26 +70,43 @@ class RelayReply:
     body: bytes = field(repr=False)
 
 
-def resolve_connection(settings: Settings, connection: str, path: str = "") -> tuple[str, str]:
-    """Split ``{connection}/{path}`` into an allowed outbound connection and the path below it.
+def unknown_connection(settings: Settings, connection: str) -> SendFailure:
+    return SendFailure(
+        404, "unknown_connection",
+        f"hybrid connection {connection!r} is not in {RELAY_OUTBOUND_CONNECTIONS}; the app only sends to: "
+        + ", ".join(settings.outbound_connections),
+        transient=False,
+    )
 
-    The longest name in ``RELAY_OUTBOUND_CONNECTIONS`` matching at a segment boundary wins,
-    so names with '/' (``orders/eu``) work with the ``relay/{connection}/{*path}`` route.
-    Raises a 404 :class:`SendFailure` for connections the app may not send to.
+
+def bad_path(exc: PathError) -> SendFailure:
+    return SendFailure(400, "bad_path", f"{exc}; send the path without dot segments or encoded separators", False)
+
+
+def resolve_target(settings: Settings, raw: str | CanonicalPath) -> tuple[str, CanonicalPath]:
+    """Split ``{connection}/{path}?{query}`` as it arrived (raw, percent-encoded) into an allowed connection and the rest.
+
+    The one place where the outbound allow-list is checked: ``raw`` goes through
+    :func:`relay.paths.canonical_path` once (dot segments, encoded ``/``, control characters:
+    400 ``bad_path``), then the longest name in ``RELAY_OUTBOUND_CONNECTIONS`` matching at a
+    segment boundary wins (case-insensitive, as in Azure), so names with '/' (``orders/eu``)
+    work. No match: 404 ``unknown_connection``. The returned :class:`CanonicalPath` is what is
+    sent; no later layer changes it.
     """
-    full = f"{connection}/{path}".strip("/") if path else connection.strip("/")
-    best = None
-    for name in settings.outbound_connections:
-        if (full == name or full.startswith(name + "/")) and (best is None or len(name) > len(best)):
-            best = name
-    if best is None:
-        raise SendFailure(
-            404, "unknown_connection",
-            f"hybrid connection {connection!r} is not in {RELAY_OUTBOUND_CONNECTIONS}; the app only sends to: "
-            + ", ".join(settings.outbound_connections),
-            transient=False,
-        )
-    return best, "/" + full[len(best):].lstrip("/")
+    try:
+        path = raw if isinstance(raw, CanonicalPath) else canonical_path(raw, what="request path")
+    except PathError as exc:
+        raise bad_path(exc) from None
+    match = split_connection(path, settings.outbound_connections)
+    if match is None:
+        raise unknown_connection(settings, path.segments[0] if path.segments else "")
+    return match
+
+
+def resolve_connection(settings: Settings, connection: str, path: str = "") -> tuple[str, str]:
+    """``(connection, "/rest")`` for a ``{connection}`` and a ``{path}`` below it (see :func:`resolve_target`)."""
+    name, rest = resolve_target(settings, f"/{connection}/{path}" if path else f"/{connection}")
+    return name, rest.target
 
 
 def client_for(settings: Settings, connection: str) -> HybridConnectionClient:
@@ -116,6 +136,8 @@ def classify(exc: BaseException, settings: Settings, connection: str) -> SendFai
     detail = str(exc)
     if isinstance(exc, SendFailure):
         return exc
+    if isinstance(exc, PathError):
+        return bad_path(exc)
     if isinstance(exc, NoListenerError):
         return SendFailure(503, "no_listener", f"no on-premises listener is connected to {where}; retry later", True, RETRY_AFTER_SECONDS)
     if isinstance(exc, RelayTimeoutError):
@@ -162,18 +184,26 @@ async def send_http(
     connection: str,
     *,
     method: str,
-    path: str,
+    path: str | CanonicalPath,
     body: bytes,
     headers: Mapping[str, str],
-    timeout: float = REQUEST_TIMEOUT,
+    timeout: float | None = None,
 ) -> RelayReply:
     """Relay one HTTP request; returns the listener's reply (any status) or raises :class:`SendFailure`."""
     if len(body) > MAX_BODY_BYTES:
         raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        response = await client.request(method, path or "/", body=body or None, headers=dict(headers), timeout=timeout)
+        response = await client.request(method, path or "/", body=body or None, headers=dict(headers),
+                                        timeout=timeout or REQUEST_TIMEOUT)
         async with response:
+            if not MIN_STATUS <= response.status <= MAX_STATUS:
+                raise SendFailure(
+                    502, "bad_listener_status",
+                    f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
+                    f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
+                    False,
+                )
             data = await response.read()
             return RelayReply(response.status, response.reason, response.headers, data)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a SendFailure
@@ -181,8 +211,8 @@ async def send_http(
 
 
 async def send_ws(
-    settings: Settings, connection: str, *, message: bytes | str, path: str = "", headers: Mapping[str, str] | None = None,
-    timeout: float = REQUEST_TIMEOUT,
+    settings: Settings, connection: str, *, message: bytes | str, path: str | CanonicalPath = "", headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Open a relayed WebSocket, send ``message`` as one message, close. Raises :class:`SendFailure`."""
     size = len(message.encode("utf-8") if isinstance(message, str) else message)
@@ -190,7 +220,7 @@ async def send_ws(
         raise SendFailure(413, "payload_too_large", f"the message has {size} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        stream = await client.connect(path="" if path in ("", "/") else path, headers=dict(headers or {}), timeout=timeout)
+        stream = await client.connect(path=path, headers=dict(headers or {}), timeout=timeout or REQUEST_TIMEOUT)
         async with stream:
             await stream.send(message)
     except Exception as exc:  # noqa: BLE001

@@ -30,6 +30,10 @@ INBOUND_DEFAULT_QUEUE = "INBOUND_DEFAULT_QUEUE"
 CLAIM_CHECK_CONTAINER = "CLAIM_CHECK_CONTAINER"
 LISTENER_WINDOW_SECONDS = "LISTENER_WINDOW_SECONDS"
 RELAY_LISTENERS_PER_CONNECTION = "RELAY_LISTENERS_PER_CONNECTION"
+INBOUND_MAX_BODY_BYTES = "INBOUND_MAX_BODY_BYTES"
+INBOUND_MAX_CONCURRENT_REQUESTS = "INBOUND_MAX_CONCURRENT_REQUESTS"
+INBOUND_MAX_WS_STREAMS = "INBOUND_MAX_WS_STREAMS"
+INBOUND_WS_IDLE_SECONDS = "INBOUND_WS_IDLE_SECONDS"
 
 STORAGE_CONNECTION = "BridgeStorage"
 """Connection prefix of the app's own queues and blobs (also the queue trigger's ``connection``)."""
@@ -50,6 +54,10 @@ SETTING_NAMES: tuple[str, ...] = (
     CLAIM_CHECK_CONTAINER,
     LISTENER_WINDOW_SECONDS,
     RELAY_LISTENERS_PER_CONNECTION,
+    INBOUND_MAX_BODY_BYTES,
+    INBOUND_MAX_CONCURRENT_REQUESTS,
+    INBOUND_MAX_WS_STREAMS,
+    INBOUND_WS_IDLE_SECONDS,
     STORAGE_CONNECTION,
     STORAGE_QUEUE_URI,
     STORAGE_BLOB_URI,
@@ -68,6 +76,9 @@ HOST_SETTING_NAMES: tuple[str, ...] = (
 
 OUTBOUND_QUEUE = "relay-outbound"
 OUTBOUND_POISON_QUEUE = "relay-outbound-poison"
+"""The host's own poison queue: raw messages it moved after maxDequeueCount failed attempts."""
+OUTBOUND_FAILED_QUEUE = "relay-outbound-failed"
+"""The app's failure records (JSON with the reason and the original message), apart from the host's raw moves."""
 
 DEFAULT_INBOUND_QUEUE = "relay-inbound"
 DEFAULT_CLAIM_CHECK_CONTAINER = "relay-claimcheck"
@@ -81,6 +92,16 @@ DEFAULT_LISTENERS_PER_CONNECTION = 1
 MAX_LISTENERS_PER_CONNECTION = 25
 """Relay accepts at most 25 listeners per hybrid connection; each orchestration keeps up to three connected
 during a handover, so more than 8 leaves no headroom (the setting allows what Relay allows)."""
+
+# Inbound limits per listener window: (default, minimum, maximum). Worst-case body memory of a
+# window is INBOUND_MAX_CONCURRENT_REQUESTS x INBOUND_MAX_BODY_BYTES (16 x 16 MiB = 256 MiB).
+INBOUND_LIMITS: dict[str, tuple[int, int, int]] = {
+    INBOUND_MAX_BODY_BYTES: (16 * 1024 * 1024, 1024, 256 * 1024 * 1024),
+    INBOUND_MAX_CONCURRENT_REQUESTS: (16, 1, 1000),
+    INBOUND_MAX_WS_STREAMS: (100, 0, 10000),
+    INBOUND_WS_IDLE_SECONDS: (120, 1, 3600),
+}
+""":data:`INBOUND_LIMITS` values are whole numbers; the README's configuration reference documents them."""
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::\d{1,5})?$")
 _ENTITY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,258}[A-Za-z0-9])?$")
@@ -130,6 +151,10 @@ class Settings:
     listener_window_seconds: int
     storage: StorageSettings
     listeners_per_connection: int = DEFAULT_LISTENERS_PER_CONNECTION
+    inbound_max_body_bytes: int = INBOUND_LIMITS[INBOUND_MAX_BODY_BYTES][0]
+    inbound_max_concurrent_requests: int = INBOUND_LIMITS[INBOUND_MAX_CONCURRENT_REQUESTS][0]
+    inbound_max_ws_streams: int = INBOUND_LIMITS[INBOUND_MAX_WS_STREAMS][0]
+    inbound_ws_idle_seconds: int = INBOUND_LIMITS[INBOUND_WS_IDLE_SECONDS][0]
 
     def relay_address(self, connection: str) -> str:
         """``sb://{namespace}/{connection}``, the address the relay library takes."""
@@ -224,6 +249,20 @@ def _listeners(env: Mapping[str, str]) -> int:
     return value
 
 
+def _limit(env: Mapping[str, str], name: str) -> int:
+    default, low, high = INBOUND_LIMITS[name]
+    raw = _text(env, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not a whole number; set {low}-{high} or leave it empty for {default}") from None
+    if not low <= value <= high:
+        raise SettingsError(name, f"{value} is out of range; set {low}-{high} or leave it empty for {default}")
+    return value
+
+
 def _storage(env: Mapping[str, str]) -> StorageSettings:
     conn = _text(env, STORAGE_CONNECTION)
     if conn:
@@ -286,6 +325,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         listener_window_seconds=_window(env),
         storage=_storage(env),
         listeners_per_connection=_listeners(env),
+        inbound_max_body_bytes=_limit(env, INBOUND_MAX_BODY_BYTES),
+        inbound_max_concurrent_requests=_limit(env, INBOUND_MAX_CONCURRENT_REQUESTS),
+        inbound_max_ws_streams=_limit(env, INBOUND_MAX_WS_STREAMS),
+        inbound_ws_idle_seconds=_limit(env, INBOUND_WS_IDLE_SECONDS),
     )
 
 

@@ -116,9 +116,12 @@ def build_routes(functions: list[FunctionInfo]) -> list[Route]:
 
 
 def to_http_request(request: web.Request, body: bytes, route_params: dict) -> func.HttpRequest:
+    # The URL as it arrived (raw path and query, dot segments and escapes untouched): yarl's
+    # request.url would resolve "..". Azure's front end resolves them before routing; handing the
+    # app the raw form is the stricter model (the app must refuse them itself).
     return func.HttpRequest(
         method=request.method,
-        url=str(request.url),
+        url=f"{request.scheme}://{request.host}{request.raw_path}",
         headers={k: v for k, v in request.headers.items()},
         params={k: v for k, v in request.query.items()},
         route_params=route_params,
@@ -174,7 +177,9 @@ class HttpHost:
         route, params, method_ok = self.find(tail, request.method)
         if route is None:
             return web.Response(status=404 if method_ok else 405)
-        presented = request.query.get("code") or request.headers.get("x-functions-key")
+        # ASP.NET query lookups are case-insensitive: Azure accepts ?Code= as the key too.
+        codes = [v for k, v in request.query.items() if k.lower() == "code"]
+        presented = (codes[0] if codes else None) or request.headers.get("x-functions-key")
         if not self.keys.authorize(route.auth_level, route.info.name, presented):
             return web.Response(status=401)
         body = await request.read()

@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from relay._loop import run as run_loop
+from relay.redact import install as install_redaction
 
 from .auth import Authorizer
 from .certs import ensure_signing_key, ensure_tls, server_ssl_context
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_redaction()  # on the root handler: every logger's records (aiohttp.server's too) are redacted
     try:
         return run_loop(_serve(args))  # uvloop when installed
     except ConfigError as exc:

@@ -69,6 +69,26 @@ param listenerWindowSeconds int = 300
 @description('RELAY_LISTENERS_PER_CONNECTION: listener orchestrations per inbound connection (2 rides out the crash or recycle of one window).')
 param listenersPerConnection int = 1
 
+@minValue(1024)
+@maxValue(268435456)
+@description('INBOUND_MAX_BODY_BYTES: largest request body (and WebSocket message) a listener window stores; larger ones get 413 (WebSocket: close 1009).')
+param inboundMaxBodyBytes int = 16777216
+
+@minValue(1)
+@maxValue(1000)
+@description('INBOUND_MAX_CONCURRENT_REQUESTS: HTTP requests in flight per listener window; more get 503 with Retry-After.')
+param inboundMaxConcurrentRequests int = 16
+
+@minValue(0)
+@maxValue(10000)
+@description('INBOUND_MAX_WS_STREAMS: WebSocket senders served at once per listener window; more are refused at accept with 503.')
+param inboundMaxWsStreams int = 100
+
+@minValue(1)
+@maxValue(3600)
+@description('INBOUND_WS_IDLE_SECONDS: a WebSocket stream that sends nothing this long is closed with 1001.')
+param inboundWsIdleSeconds int = 120
+
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -132,6 +152,8 @@ var relayResourceGroupName = useExistingRelay && !empty(existingRelayNamespaceRe
 // Fixed names shared with the app (README.md (Configuration reference)).
 var outboundQueueName = 'relay-outbound'
 var outboundPoisonQueueName = 'relay-outbound-poison'
+// The app's own failure records (JSON with the reason), apart from the host's raw poison moves.
+var outboundFailedQueueName = 'relay-outbound-failed'
 var inboundDefaultQueueName = 'relay-inbound'
 var claimCheckContainerName = 'relay-claimcheck'
 // Flex Consumption deploys the app package from this blob container (identity-based, no key).
@@ -179,6 +201,7 @@ module storage 'modules/storage.bicep' = {
     queueNames: union([
       outboundQueueName
       outboundPoisonQueueName
+      outboundFailedQueueName
       inboundDefaultQueueName
     ], routedQueueNames)
     claimCheckContainerName: claimCheckContainerName
@@ -268,6 +291,22 @@ var relaySettings = [
   {
     name: 'RELAY_LISTENERS_PER_CONNECTION'
     value: string(listenersPerConnection)
+  }
+  {
+    name: 'INBOUND_MAX_BODY_BYTES'
+    value: string(inboundMaxBodyBytes)
+  }
+  {
+    name: 'INBOUND_MAX_CONCURRENT_REQUESTS'
+    value: string(inboundMaxConcurrentRequests)
+  }
+  {
+    name: 'INBOUND_MAX_WS_STREAMS'
+    value: string(inboundMaxWsStreams)
+  }
+  {
+    name: 'INBOUND_WS_IDLE_SECONDS'
+    value: string(inboundWsIdleSeconds)
   }
 ]
 

@@ -18,9 +18,12 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from aiohttp.http_parser import RawResponseMessage
+from yarl import URL
 
 from .connection_string import resolve_ca_file
 from .errors import ConnectionLostError, RelayError, error_from_status
+from .paths import CanonicalPath, canonical_path, url_with_path
 
 USER_AGENT = f"azure-relay-python/0.1 ({platform.system()}; Python {platform.python_version()})"
 """Sent as ``Relay-User-Agent`` on control channels and sender sockets, as .NET does."""
@@ -60,15 +63,17 @@ class RelayAddress:
         """``sb://host[:port]/entity``: the logical address, used in messages and as the SAS audience."""
         return f"sb://{self.netloc}/{self.entity}"
 
-    def entity_http_url(self, path: str = "/") -> str:
-        """``https://host[:port]/entity{path}`` for HTTP senders; ``path`` is relative to the entity."""
-        if not path:
-            path = "/"
-        if not path.startswith(("/", "?")):
-            path = "/" + path
-        if path == "/":
-            path = ""  # https://host/entity (no trailing slash) is what the .NET samples send
-        return f"{self.http_base}/{quote(self.entity, safe='/')}{path}"
+    def entity_http_url(self, path: str | CanonicalPath = "/") -> str:
+        """``https://host[:port]/entity{path}`` for HTTP senders; ``path`` is relative to the entity.
+
+        ``path`` is a :class:`~relay.paths.CanonicalPath` or text that :func:`relay.paths.canonical_path`
+        accepts (it raises :class:`~relay.paths.PathError`, a ValueError, for dot segments, encoded
+        separators or control characters). The text is encoded exactly once; hand it on as
+        ``yarl.URL(text, encoded=True)`` so neither yarl nor aiohttp re-interprets it.
+        """
+        target = path if isinstance(path, CanonicalPath) else canonical_path(path or "/", what="request path")
+        # https://host/entity (no trailing slash) for the root is what the .NET samples send.
+        return str(url_with_path(f"{self.http_base}/{quote(self.entity, safe='/')}", target))
 
 
 def parse_address(address: str, use_tls: bool | None = None) -> RelayAddress:
@@ -117,6 +122,38 @@ async def _on_request_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEn
         holder.append(params.response.reason or "")
 
 
+class FinalResponse(aiohttp.ClientResponse):
+    """A response whose first status line is final, even a 1xx.
+
+    Relay sends no interim responses of its own (this client never sends ``Expect:
+    100-continue``), so a 1xx status is a listener's answer relayed as its *final* response.
+    aiohttp would skip it and wait for another status line that never comes (the sender hangs
+    until its timeout); here the 1xx is returned like any other status, for the caller to judge.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        read = protocol.read
+        informational: list[int] = []
+
+        async def read_final() -> Any:
+            message, payload = await read()
+            if 100 <= message.code <= 199 and message.code != 101:  # aiohttp loops on these
+                informational.append(message.code)
+                message = RawResponseMessage(message.version, 101, message.reason, message.headers, message.raw_headers,
+                                             message.should_close, message.compression, message.upgrade, message.chunked)
+            return message, payload
+
+        protocol.read = read_final
+        try:
+            await super().start(connection)
+        finally:
+            del protocol.read
+        if informational:
+            self.status = informational[0]
+        return self
+
+
 def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket: bool = True, **kwargs: Any) -> aiohttp.ClientSession:
     """A ClientSession with the relay's TLS settings; WebSocket sessions get the handshake-reason hook.
 
@@ -128,6 +165,8 @@ def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket
         trace.on_request_end.append(_on_request_end)
         traces.append(trace)
     connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_context if ssl_context is not None else False, enable_cleanup_closed=False)
+    if not websocket:
+        kwargs.setdefault("response_class", FinalResponse)
     return aiohttp.ClientSession(
         connector=connector,
         trace_configs=traces,
@@ -139,7 +178,7 @@ def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket
 
 async def ws_connect(
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | URL,
     *,
     headers: Mapping[str, str] | None = None,
     protocols: Sequence[str] = (),
@@ -170,11 +209,11 @@ async def ws_connect(
         return None, exc.status, holder[-1] if holder else (exc.message or "")
     except aiohttp.ClientConnectorCertificateError as exc:
         raise ConnectionLostError(
-            f"{context}: the TLS certificate of {urlsplit(url).netloc} is not trusted ({exc.certificate_error}); "
+            f"{context}: the TLS certificate of {urlsplit(str(url)).netloc} is not trusted ({exc.certificate_error}); "
             "for the local emulator pass connection_verify='/path/to/ca.pem' (or TrustedCaFile= in the connection string)"
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectionLostError(f"{context}: cannot reach {urlsplit(url).netloc}: {exc}") from None
+        raise ConnectionLostError(f"{context}: cannot reach {urlsplit(str(url)).netloc}: {exc}") from None
     finally:
         _handshake_reason.reset(token)
 

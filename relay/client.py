@@ -9,6 +9,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ._hints import add_hint
 from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
@@ -22,6 +23,7 @@ from .errors import (
     RelayTimeoutError,
     error_from_status,
 )
+from .paths import CanonicalPath, canonical_path
 from .protocol import ACTION_CONNECT, HEADER_ALLOWED_LISTENERS, HEADER_DISALLOWED_LISTENERS, HEADER_TOKEN, hc_url
 from .stream import HybridConnectionStream
 
@@ -169,7 +171,6 @@ class HybridConnectionClient:
         self._http: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
-        self._base_url = self._address.entity_http_url("/")
         self._owned_credential: Any = None
 
     @classmethod
@@ -244,7 +245,7 @@ class HybridConnectionClient:
     async def request(
         self,
         method: str,
-        path: str = "/",
+        path: str | CanonicalPath = "/",
         *,
         body: bytes | bytearray | str | AsyncIterable[bytes] | None = None,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
@@ -254,7 +255,10 @@ class HybridConnectionClient:
     ) -> RelayHttpResponse:
         """Send an HTTP request to the hybrid connection and return the listener's response.
 
-        ``path`` is relative to the entity (``"/a?x=1"`` → ``https://host/entity/a?x=1``).
+        ``path`` is relative to the entity (``"/a?x=1"`` → ``https://host/entity/a?x=1``): a
+        :class:`~relay.paths.CanonicalPath` or text that :func:`relay.paths.canonical_path` accepts
+        (dot segments, encoded ``/`` or ``\\`` and control characters raise
+        :class:`~relay.paths.PathError`, so a path can never leave the entity).
         ``body`` may be bytes, str (UTF-8) or an async iterable of bytes (sent chunked, so the
         service relays it over a rendezvous). ``timeout`` (default ``operation_timeout``, 70 s)
         bounds the wait for the response headers and each read of the body. ``allowed_listeners``/``disallowed_listeners`` restrict which listener ids may
@@ -273,7 +277,8 @@ class HybridConnectionClient:
         token = await self._provider.get_token(self._address.sb_uri)
         hdrs: CIMultiDict[str] = CIMultiDict(headers) if headers else CIMultiDict()
         _add_sender_headers(hdrs, token, allowed_listeners, disallowed_listeners)
-        url = self._base_url if path in ("/", "") else self._address.entity_http_url(path)
+        # Canonical and encoded once (relay.paths, PathError for tricks); encoded=True: yarl must not re-read it.
+        url = URL(self._address.entity_http_url(path), encoded=True)
         if isinstance(body, str):
             data: Any = body.encode("utf-8")
         elif body is None or isinstance(body, (bytes, bytearray, memoryview)):
@@ -324,7 +329,7 @@ class HybridConnectionClient:
     async def connect(
         self,
         *,
-        path: str = "",
+        path: str | CanonicalPath = "",
         headers: Mapping[str, str] | None = None,
         subprotocols: Iterable[str] | None = None,
         timeout: float | None = None,
@@ -334,7 +339,7 @@ class HybridConnectionClient:
         """Open a relayed WebSocket to a listener (``sb-hc-action=connect``).
 
         ``path`` is an optional suffix and/or query after the entity (``"/chat?room=1"``), handed to
-        the listener in its accept address. ``headers`` reach the listener's accept handler.
+        the listener in its accept address; the same canonical rules as :meth:`request` apply. ``headers`` reach the listener's accept handler.
         ``subprotocols`` are offered in order; the listener picks one (``stream.subprotocol``).
         The service holds the handshake until a listener accepts; ``timeout`` (default
         ``operation_timeout``, 70 s) bounds that wait.
@@ -347,10 +352,10 @@ class HybridConnectionClient:
             timeout = self._timeout
         token = await self._provider.get_token(self._address.sb_uri)
         tracking_id = str(uuid.uuid4())
-        suffix, _, query = path.partition("?")
-        if suffix and not suffix.startswith("/"):
-            suffix = "/" + suffix
-        url = hc_url(self._address.ws_base, self._address.entity, ACTION_CONNECT, id=tracking_id, suffix=suffix, app_query=query)
+        target = path if isinstance(path, CanonicalPath) else canonical_path(path, what="connect path")
+        suffix = "" if target.path == "/" else target.path  # encoded once by relay.paths; yarl must not re-read it
+        url = URL(hc_url(self._address.ws_base, self._address.entity, ACTION_CONNECT, id=tracking_id, suffix=suffix,
+                         app_query=target.query), encoded=True)
         hdrs: dict[str, str] = {HEADER_USER_AGENT: self._user_agent}
         if headers:
             hdrs.update(headers)

@@ -4,6 +4,7 @@ real managed-identity tokens) and an on-premises listener from the relay library
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 import aiohttp
 import azure.functions as func
@@ -16,8 +17,10 @@ from .conftest import echo_handler, onprem_listener
 
 
 def http_request(connection: str, path: str = "", *, body: bytes = b"", method: str = "POST", headers=None, params=None):
+    """As the host builds it: the URL carries the path and query as sent; params and route params decoded."""
+    query = f"?{urlencode(params)}" if params else ""
     return func.HttpRequest(
-        method, f"http://localhost/api/relay/{connection}/{path}", headers=headers or {}, params=params or {},
+        method, f"http://localhost/api/relay/{connection}/{path}{query}", headers=headers or {}, params=params or {},
         route_params={"connection": connection, "path": path}, body=body,
     )
 

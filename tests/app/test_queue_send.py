@@ -11,7 +11,7 @@ from azure.functions.queue import QueueMessage
 
 from bridge.outbound import MAX_DEQUEUE_COUNT, RetryLater
 from bridge.queue_send import relay_queue_send
-from bridge.settings import OUTBOUND_POISON_QUEUE
+from bridge.settings import OUTBOUND_FAILED_QUEUE
 from tests.fixtures.emulator import identity
 
 from .conftest import clear_queue, drain_queue, echo_handler, onprem_listener
@@ -23,10 +23,10 @@ def queue_message(body: bytes | str, *, id: str = "m-1", dequeue_count: int = 1)
 
 @pytest.fixture
 async def poison(azurite, bridge_env):
-    await clear_queue(azurite.connection_string, OUTBOUND_POISON_QUEUE)
+    await clear_queue(azurite.connection_string, OUTBOUND_FAILED_QUEUE)
 
     async def read(expect: int = 1) -> list[dict]:
-        return [json.loads(m) for m in await drain_queue(azurite.connection_string, OUTBOUND_POISON_QUEUE, expect=expect, timeout=3)]
+        return [json.loads(m) for m in await drain_queue(azurite.connection_string, OUTBOUND_FAILED_QUEUE, expect=expect, timeout=3)]
 
     return read
 
@@ -138,12 +138,12 @@ async def test_poison_records_are_base64_encoded_like_the_hosts(azurite, bridge_
     from azure.storage.queue.aio import QueueClient
 
     await relay_queue_send(queue_message(b"\xff\xfe not utf-8 {", dequeue_count=5))  # plain body, default connection, no listener
-    client = QueueClient.from_connection_string(azurite.connection_string, OUTBOUND_POISON_QUEUE)
+    client = QueueClient.from_connection_string(azurite.connection_string, OUTBOUND_FAILED_QUEUE)
     async with client:
         raw = [m.content async for m in client.receive_messages()]
     record = json.loads(base64.b64decode(raw[0]))
     assert base64.b64decode(record["messageBase64"]) == b"\xff\xfe not utf-8 {"
-    await clear_queue(azurite.connection_string, OUTBOUND_POISON_QUEUE)
+    await clear_queue(azurite.connection_string, OUTBOUND_FAILED_QUEUE)
 
 
 async def test_identity_endpoint_failure_is_retried(bridge_env, poison):

@@ -222,7 +222,7 @@ async def onprem(emulator, echo_service, tmp_path_factory):
 async def stack(emulator, azurite, tmp_path_factory):
     """The real app served by a devhost subprocess (private state dir), stopped after the module."""
     tmp = tmp_path_factory.mktemp("e2e-host")
-    for queue in ("relay-outbound", "relay-outbound-poison", INBOUND_DEFAULT_QUEUE, *(r["queue"] for r in ROUTES)):
+    for queue in ("relay-outbound", "relay-outbound-poison", "relay-outbound-failed", INBOUND_DEFAULT_QUEUE, *(r["queue"] for r in ROUTES)):
         await clear_queue(azurite.connection_string, queue)
     bridge = BridgeStack(bridge_host_env(emulator, azurite), tmp / "state", tmp / "devhost.log")
     await bridge.start()

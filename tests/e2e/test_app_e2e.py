@@ -136,7 +136,7 @@ async def test_queue_envelope_is_delivered_with_an_idempotency_key(stack, onprem
             return not [m async for m in queue.receive_messages(visibility_timeout=1)]
 
     await wait_until(outbound_empty, 10, "relay-outbound to be empty")
-    poisoned = await queues.wait_for("relay-outbound-poison", lambda t: text_id in t or binary_id in t, timeout=0.5)
+    poisoned = await queues.wait_for("relay-outbound-failed", lambda t: text_id in t or binary_id in t, timeout=0.5)
     assert poisoned == []
 
 
@@ -223,7 +223,7 @@ async def test_undeliverable_message_is_retried_then_poisoned_with_the_reason(st
     original = json.dumps({"id": message_id, "connection": NO_LISTENER, "path": "/nobody", "body": "lost?"})
     started = time.monotonic()
     await queues.send("relay-outbound", original)
-    [text] = await queues.wait_for("relay-outbound-poison", lambda t: message_id in t, timeout=40)
+    [text] = await queues.wait_for("relay-outbound-failed", lambda t: message_id in t, timeout=40)
     record = json.loads(text)
     assert record["id"] == message_id and record["connection"] == NO_LISTENER
     assert record["error"] == "no_listener" and record["dequeue_count"] == MAX_DEQUEUE_COUNT == 5  # host.json

@@ -209,7 +209,7 @@ def test_storage_queues_and_containers():
     params = b.body(call)["params"]
     union = b.function_call(params["queueNames"], "union")
     fixed, routed = union["arg_1"], union["arg_2"]
-    assert [b.resolve(main, q) for q in fixed] == ["relay-outbound", "relay-outbound-poison", "relay-inbound"]
+    assert [b.resolve(main, q) for q in fixed] == ["relay-outbound", "relay-outbound-poison", "relay-outbound-failed", "relay-inbound"]
     assert routed == "routedQueueNames"
     assert b.resolve(main, params["claimCheckContainerName"]) == "relay-claimcheck"
     deployment = b.conditional(params["deploymentContainerName"])
