@@ -18,8 +18,10 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from yarl import URL
 
 from .errors import ConnectionLostError, RelayError, error_from_status
+from .protocol import filter_sb_hc_query
 
 USER_AGENT = f"azure-relay-python/0.1 ({platform.system()}; Python {platform.python_version()})"
 """Sent as ``Relay-User-Agent`` on control channels and sender sockets, as .NET does."""
@@ -40,6 +42,8 @@ class RelayAddress:
     port: int | None
     entity: str
     use_tls: bool
+    query: str = ""
+    """The address's own query (``sb://ns/hc?x=1`` -> ``x=1``), kept ahead of ``sb-hc-*`` parameters."""
 
     @property
     def netloc(self) -> str:
@@ -67,6 +71,9 @@ class RelayAddress:
             path = "/" + path
         if path == "/":
             path = ""  # https://host/entity (no trailing slash) is what the .NET samples send
+        if self.query:
+            head, sep, tail = path.partition("?")
+            path = f"{head}?{self.query}" + (f"&{tail}" if sep and tail else "")
         return f"{self.http_base}/{quote(self.entity, safe='/')}{path}"
 
 
@@ -87,7 +94,8 @@ def parse_address(address: str, use_tls: bool | None = None) -> RelayAddress:
     if not entity:
         raise ValueError(f"address {address!r} names no hybrid connection (sb://host/ENTITY)")
     tls = scheme in ("sb", "wss", "https") if use_tls is None else bool(use_tls)
-    return RelayAddress(parts.hostname, parts.port, entity, tls)
+    query = filter_sb_hc_query(parts.query)
+    return RelayAddress(parts.hostname, parts.port, entity, tls, query)
 
 
 def build_ssl_context(connection_verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
@@ -149,12 +157,15 @@ async def ws_connect(
 
     Network failures raise :class:`~relay.errors.ConnectionLostError`-style :class:`RelayError`
     (transient). Messages never include the URL's query, which can hold rendezvous secrets.
+    ``url`` goes out byte for byte (``encoded=True``): the service hands out rendezvous
+    addresses that must be used exactly as given, and yarl would otherwise re-quote them
+    (``%2f`` -> ``%2F``).
     """
     holder: list[str] = []
     token = _handshake_reason.set(holder)
     try:
         ws = await session.ws_connect(
-            url,
+            URL(url, encoded=True),
             headers=headers,
             protocols=protocols,
             autoclose=False,
