@@ -240,7 +240,7 @@ async def test_address_query_is_kept_ahead_of_sb_hc_parameters(emulator):
         from .conftest import root_key
 
         async with HybridConnectionClient(address, root_key(emulator), connection_verify=emulator.ca_cert) as client:
-            async with await client.connect(path="/room?y=2") as stream:
+            async with await client.connect(path="/room?y=2"):
                 server_side = await asyncio.wait_for(listener.accept(), 5)
                 assert server_side.url == f"sb://{emulator.host}/orders/room?tenant=a%2Fb&y=2"
                 await server_side.close()
