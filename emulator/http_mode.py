@@ -283,7 +283,9 @@ class HttpMode:
             log.info("request %s on %s: the listener closed its rendezvous, dropping the sender's connection", request_id, entity)
             if request.transport is not None:
                 request.transport.close()
-            raise ConnectionResetError("the listener closed the rendezvous of this connection")
+            # Nothing reaches the sender: aiohttp's write of this response to the closed
+            # transport fails quietly (a raised exception would be logged as a handler error).
+            return web.Response(status=502)
         if isinstance(outcome, tuple) and isinstance(outcome[0], int):
             return srv.error(outcome[0], outcome[1], host, entity)
         response, response_body = outcome

@@ -15,9 +15,10 @@ open rendezvous keeps serving ``request`` messages until the service closes it, 
 does. The copy of a request on a rendezvous may lack ``address`` and ``id``; they default to the
 request that opened the rendezvous.
 
-Rendezvous sockets use ``websockets``, which receives a message fragment by fragment (a large
-body reaches the handler as it arrives) and sends streamed bodies as fragments; rendezvous URLs
-are used byte for byte (``websockets`` keeps an ASCII URI as given).
+Rendezvous sockets are :class:`relay._rendezvous.RendezvousSocket`: raw frames over the
+listener's aiohttp session (the one WebSocket stack of the listener), so a large body reaches the
+handler fragment by fragment as it arrives, a command and its body leave in one write, and the
+address is used byte for byte.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_client_connect
+import aiohttp
 
+from ._rendezvous import RendezvousClosed, RendezvousSocket
 from .errors import ConnectionLostError, RelayError
 from .protocol import INLINE_LIMIT, ProtocolError, RequestCommand, ResponseCommand, decode_command, encode_command
 from .relayed_http import RelayedHttpRequest, RelayedHttpResponse, reason_phrase, response_headers
@@ -56,7 +56,7 @@ class HttpServing:
 
     def __init__(self, listener: HybridConnectionListener):
         self._listener = listener
-        self._channels: dict[ClientConnection, bool] = {}  # open rendezvous -> busy with an exchange
+        self._channels: dict[RendezvousSocket, bool] = {}  # open rendezvous -> busy with an exchange
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -140,32 +140,23 @@ class HttpServing:
 
     # -- rendezvous ------------------------------------------------------------------------------
 
-    async def _open(self, command: RequestCommand) -> ClientConnection | None:
+    async def _open(self, command: RequestCommand) -> RendezvousSocket | None:
         """Open the request's rendezvous, its address byte for byte."""
-        address = command.address or ""
-        options: dict[str, Any] = {}
-        if address[:4].lower() == "wss:":
-            options["ssl"] = self._listener._ssl
+        session = self._listener._session
+        if session is None or session.closed:
+            return None
         try:
-            return await ws_client_connect(
-                address,
-                compression=None,
-                max_size=None,
-                proxy=None,
-                user_agent_header=None,
-                open_timeout=RENDEZVOUS_OPEN_TIMEOUT,
-                ping_interval=None,
-                close_timeout=10.0,
-                **options,
-            )
-        except websockets.InvalidStatus as exc:
-            _log.warning("request rendezvous for %s refused: %d %s", command.id, exc.response.status_code, exc.response.reason_phrase)
-        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            result = await RendezvousSocket.open(session, command.address or "", timeout=RENDEZVOUS_OPEN_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:
             # Never the URL: its query holds the rendezvous secret.
             _log.warning("request rendezvous for %s failed: %s", command.id, type(exc).__name__)
-        return None
+            return None
+        if isinstance(result, tuple):
+            _log.warning("request rendezvous for %s refused: %d %s", command.id, result[0], result[1])
+            return None
+        return result
 
-    async def _serve_channel(self, ws: ClientConnection, origin: RequestCommand) -> None:
+    async def _serve_channel(self, ws: RendezvousSocket, origin: RequestCommand) -> None:
         """Serve every ``request`` the service sends on ``ws`` until it closes the socket.
 
         The first request on an address-only rendezvous must come within the operation timeout;
@@ -178,10 +169,10 @@ class HttpServing:
             while not lst._closing:
                 try:
                     if first:
-                        message = await asyncio.wait_for(ws.recv(), lst._operation_timeout)
+                        message = await asyncio.wait_for(ws.recv_message(), lst._operation_timeout)
                     else:
-                        message = await ws.recv()
-                except websockets.ConnectionClosed:
+                        message = await ws.recv_message()
+                except RendezvousClosed:
                     return
                 except asyncio.TimeoutError:
                     _log.warning("request %s: the service sent no request over its rendezvous", origin.id)
@@ -195,7 +186,7 @@ class HttpServing:
                     continue
                 if type(full) is not RequestCommand or full.method is None:
                     if full.has_body:  # some other command with a body: skip both
-                        await ws.recv()
+                        await ws.recv_message()
                     continue
                 self._channels[ws] = True
                 ok = await self._serve_one(ws, full, origin if first else None)
@@ -203,13 +194,13 @@ class HttpServing:
                 first = False
                 if not ok:
                     return
-        except websockets.ConnectionClosed:
+        except RendezvousClosed:
             return
         finally:
             self._channels.pop(ws, None)
             await self._close(ws, 1000, "Normal Closure")
 
-    async def _serve_one(self, ws: ClientConnection, full: RequestCommand, origin: RequestCommand | None) -> bool:
+    async def _serve_one(self, ws: RendezvousSocket, full: RequestCommand, origin: RequestCommand | None) -> bool:
         """One exchange on a rendezvous. False when the socket can carry no more."""
         lst = self._listener
         request_id = full.id or (origin.id if origin is not None else None) or ""
@@ -236,25 +227,26 @@ class HttpServing:
                 # The handler did not read (all of) the body: discard the rest before the next request.
                 await asyncio.wait_for(body.drain(), lst._operation_timeout)
             return True
-        except (ProtocolError, asyncio.TimeoutError, websockets.ConnectionClosed, ConnectionError, RelayError,
-                RuntimeError, websockets.ConcurrencyError) as exc:
+        except (ProtocolError, asyncio.TimeoutError, RendezvousClosed, ConnectionError, RelayError, RuntimeError) as exc:
             _log.warning("request %s over rendezvous failed: %s", request_id,
                          type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc)
         except Exception:
-            # e.g. a streamed response body whose iterator failed: websockets already closed with 1011.
+            # e.g. a streamed response body whose iterator failed: the message is cut off, so the
+            # socket can carry nothing more (closed with 1011 by the caller).
             _log.exception("request %s over rendezvous failed", request_id)
+            await self._close(ws, 1011, "Response failed")
         return False
 
     @staticmethod
-    async def _send_response(ws: ClientConnection, head: str, payload: Any, streamed: bool) -> None:
-        await ws.send(head)
+    async def _send_response(ws: RendezvousSocket, head: str, payload: Any, streamed: bool) -> None:
         if streamed:
-            await ws.send(_fragments(payload))
-        elif payload:
-            await ws.send(payload if type(payload) is bytes else bytes(payload))
+            await ws.send_command(head)
+            await ws.send_stream(_chunks(payload))
+        else:
+            await ws.send_command(head, payload or None)
 
     @staticmethod
-    async def _close(ws: ClientConnection, code: int, reason: str) -> None:
+    async def _close(ws: RendezvousSocket, code: int, reason: str) -> None:
         try:
             await ws.close(code=code, reason=reason)
         except Exception:
@@ -282,15 +274,10 @@ def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str
     return head, body, streamed
 
 
-async def _fragments(chunks: Any) -> Any:
-    """A streamed response body as websockets fragments: bytes only, no empty ones, at least one."""
-    sent = False
+async def _chunks(chunks: Any) -> Any:
+    """A streamed response body's chunks as bytes (``str`` chunks UTF-8 encoded)."""
     async for chunk in chunks:
-        if chunk:
-            sent = True
-            yield bytes(chunk)
-    if not sent:
-        yield b""  # websockets sends nothing for an empty iterable; the service awaits the body message
+        yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
 
 
 class RendezvousBody:
@@ -302,7 +289,7 @@ class RendezvousBody:
 
     __slots__ = ("_ws", "_fragments", "done")
 
-    def __init__(self, ws: ClientConnection):
+    def __init__(self, ws: RendezvousSocket):
         self._ws = ws
         self._fragments: Any = None
         self.done = False
@@ -314,19 +301,18 @@ class RendezvousBody:
         if self.done:
             raise StopAsyncIteration
         if self._fragments is None:
-            self._fragments = self._ws.recv_streaming(decode=False)
+            self._fragments = self._ws.body_fragments()
         try:
             while True:
                 fragment = await self._fragments.__anext__()
                 if fragment:
-                    return fragment if isinstance(fragment, bytes) else bytes(fragment)
+                    return fragment
         except StopAsyncIteration:
             self.done = True
             raise
-        except websockets.ConnectionClosed as exc:
+        except RendezvousClosed as exc:
             self.done = True
-            rcvd = exc.rcvd
-            detail = f"{rcvd.code} {rcvd.reason}".strip() if rcvd is not None else "no close frame"
+            detail = f"{exc.code} {exc.reason}".strip() if exc.code is not None else "no close frame"
             raise ConnectionLostError(f"the request body was cut off: the rendezvous closed ({detail})") from None
 
     async def drain(self) -> None:

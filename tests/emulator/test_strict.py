@@ -18,7 +18,7 @@ from yarl import URL
 
 from relay import protocol as p
 from relay import sas
-from tests.emulator.drivers import ROOT, TestListener, handshake_status, hc, sas_token, ws_connect
+from tests.emulator.drivers import ROOT, LogWatch, TestListener, handshake_status, hc, sas_token, ws_connect
 
 
 def _rendezvous_parts(address: str) -> tuple[str, str]:
@@ -164,6 +164,7 @@ async def test_later_requests_of_a_sender_connection_use_its_rendezvous_without_
 
 async def test_listener_dropping_the_rendezvous_drops_the_sender_connection(emulator):
     token = sas_token(emulator, "orders")
+    watch = LogWatch(emulator)
 
     async def drop_the_second(full, body, rdv):
         if full.request_target.endswith("/second"):
@@ -180,6 +181,8 @@ async def test_listener_dropping_the_rendezvous_drops_the_sender_connection(emul
             with pytest.raises(aiohttp.ServerDisconnectedError):
                 async with session.post(f"{emulator.http}/orders/second", data=b"y") as r:
                     await r.read()
+    log = watch.text()
+    assert "dropping the sender's connection" in log and "ERROR" not in log and "Traceback" not in log
 
 
 async def test_response_for_a_rendezvous_request_on_the_control_channel_is_ignored(fast_emulator):
