@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Union
@@ -66,6 +67,24 @@ MSG_REJECTED = "Rejected by user code"
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
+
+
+def _tcp_keepalive(ws: aiohttp.ClientWebSocketResponse, idle: float | None) -> None:
+    """TCP keep-alive on the control channel's socket: a peer that vanished (no RST, no FIN) is
+    noticed by the kernel's probes, without WebSocket PINGs (which the service may punish)."""
+    if not idle:
+        return
+    transport = getattr(getattr(ws, "_writer", None), "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", max(1, int(idle))), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass  # best effort: the pongs still keep the channel alive
 
 
 class ListenerState:
@@ -147,8 +166,11 @@ class HybridConnectionListener:
     holds :class:`~relay.errors.EndpointNotFoundError`. It renews its token on the control
     channel (``renewToken``) before expiry, keeps the control channel alive with an unsolicited
     PONG every ``keepalive_interval`` seconds (as the official clients do; the service may drop a
-    control channel that sends PINGs), reconnects when nothing at all arrived on the control
-    channel for ``receive_timeout`` seconds (a dead connection that never errors), and
+    control channel that sends PINGs), detects a dead connection with TCP keep-alive probes
+    (after ``keepalive_interval`` s of silence, 3 probes 10 s apart) and, when
+    ``receive_timeout`` is set, also reconnects when nothing at all arrived on the control
+    channel for that many seconds (off by default: the service sends nothing on an idle channel,
+    so a deadline would also recycle healthy idle listeners, with a moment without a listener), and
     reports ``state``, ``is_online``, ``last_error`` and the callbacks ``on_connecting`` (before
     the first connect and whenever it starts reconnecting), ``on_online`` (each time the control
     channel is up) and ``on_offline`` (gave up, or closed); all are sync or async callables without
@@ -171,7 +193,7 @@ class HybridConnectionListener:
         accept_handler: AcceptHandler | None = None,
         listener_id: str | None = None,
         keepalive_interval: float | None = 60.0,
-        receive_timeout: float | None = 600.0,
+        receive_timeout: float | None = None,
         renew_margin: float | None = None,
         use_tls: bool | None = None,
         operation_timeout: float = 60.0,
@@ -402,6 +424,7 @@ class HybridConnectionListener:
                 self._provider.invalidate(self.address)
             raise add_hint(error, self._provider, action="listen", sb_uri=self.address)
         self._control = ws
+        _tcp_keepalive(ws, self._keepalive)
         # Control-channel commands go out as one write each when aiohttp's internals allow it
         # (then no lock is needed to keep a body next to its JSON); otherwise under _send_lock.
         self._direct_writes = frames_supported(ws)
