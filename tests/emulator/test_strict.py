@@ -264,3 +264,32 @@ async def test_yarl_requoting_client_is_refused(emulator):
         async with ws_connect(emulator, hc(emulator, "echo", "connect"), token) as ws:
             assert await ws.recv() == "ok"
     assert outcome == [403, 101]
+
+
+def test_leaf_certificate_is_made_again_when_its_names_change(tmp_path):
+    """The rendezvous host must be in the TLS SAN: a state dir from before gets a new leaf."""
+    from cryptography import x509
+
+    from emulator.certs import ensure_tls
+
+    def names(path):
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        return {str(n.value) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value}
+
+    ca, leaf, _ = ensure_tls(tmp_path, ("127.0.0.1",))
+    assert names(leaf) == {"localhost", "127.0.0.1"}
+    first_ca = ca.read_bytes()
+    ca, leaf, _ = ensure_tls(tmp_path, ("127.0.0.1", "127.0.0.2"))
+    assert names(leaf) == {"localhost", "127.0.0.1", "127.0.0.2"}
+    assert ca.read_bytes() == first_ca  # clients keep trusting the same CA
+
+
+def test_config_keys_validate():
+    from emulator.config import ConfigError, load_config
+    from tests.fixtures.emulator import TEST_CONFIG
+
+    cfg = load_config(dict(TEST_CONFIG))
+    assert (cfg.rendezvous_host, cfg.control_ping_policy, cfg.token_grace_seconds, cfg.idle_timeout_seconds) == ("127.0.0.2", "close", 0, 240)
+    for key, value in (("controlPingPolicy", "ignore"), ("rendezvousHost", "gateway.local"), ("controlResponseLimitBytes", 0)):
+        with pytest.raises(ConfigError, match=key):
+            load_config({**TEST_CONFIG, key: value})
