@@ -326,7 +326,7 @@ class BridgeBench:
         Also reports the CPU per stored message of the app, the emulator and Azurite.
         """
         entity = BRIDGE_IN
-        token = generate_sas_token(f"http://{self.emu.config['namespace']}/{entity}", self.rule["name"], self.rule["key"])
+        token = generate_sas_token(f"http://127.0.0.1:{self.emu.port}/{entity}", self.rule["name"], self.rule["key"])
         before = await self.queue_count(FANIN_QUEUE)
         meters = ProcessMeters({"app": host.process.pid, "emulator": emulator_pid(self.emu),
                                 "azurite": self.azurite.process.pid})

@@ -246,7 +246,7 @@ async def profile_http(emu, args, outdir: Path) -> list[str]:
         ready = await asyncio.wait_for(listener.stdout.readline(), 30)
         if b"ready" not in ready:
             raise RuntimeError("the HTTP listener worker did not come online")
-        token = generate_sas_token(f"http://{emu.config['namespace']}/http-python", rule["name"], rule["key"])
+        token = generate_sas_token(f"http://127.0.0.1:{emu.port}/http-python", rule["name"], rule["key"])
         for concurrency in (1, 16):
             name = f"http_listener_c{concurrency}"
             load = await spawn(PY, "-m", "bench.http_load", f"{emu.http}/http-python", token, emu.ca_cert,
@@ -328,7 +328,7 @@ async def cprofile_runs(emu, args, outdir: Path) -> list[str]:
         raise RuntimeError("the HTTP listener worker did not come online under cProfile")
     listener.stdin.write(b"mark\n")
     await listener.stdin.drain()
-    token = generate_sas_token(f"http://{emu.config['namespace']}/http-python", rule["name"], rule["key"])
+    token = generate_sas_token(f"http://127.0.0.1:{emu.port}/http-python", rule["name"], rule["key"])
     load = await spawn(PY, "-m", "bench.http_load", f"{emu.http}/http-python", token, emu.ca_cert, str(args.seconds),
                        "1024", "16")
     await read_worker(load, lambda mark: None)

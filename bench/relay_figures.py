@@ -92,7 +92,7 @@ async def http_listener_run(emu, listener_cmd: list[str], entity: str, args, env
         if b"ready" not in ready:
             raise RuntimeError(f"listener {listener_cmd[:3]} did not come online")
         url = f"{emu.info['http']}/{entity}"
-        token = generate_sas_token(f"http://{emu.config['namespace']}/{entity}", rule["name"], rule["key"])
+        token = generate_sas_token(f"http://127.0.0.1:{emu.port}/{entity}", rule["name"], rule["key"])
         meter = CpuMeter(emulator_pid(emu))
         results = {}
         for concurrency in (1, args.concurrency):

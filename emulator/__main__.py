@@ -135,6 +135,23 @@ def _connection_strings(config: EmulatorConfig, authority: str, no_tls: bool, ca
     return out
 
 
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _bind_rendezvous(runner: web.AppRunner, host: str, port: int, ssl_ctx) -> int:
+    """Serve the relay app on the rendezvous host too: the same port when free, else any."""
+    for candidate in (port, 0):
+        site = web.TCPSite(runner, host, candidate, ssl_context=ssl_ctx, reuse_address=True, backlog=512)
+        try:
+            await site.start()
+        except OSError:
+            continue
+        server = site._server  # noqa: SLF001 - the bound port of this site only
+        return int(server.sockets[0].getsockname()[1]) if candidate == 0 else candidate
+    raise RuntimeError(f"cannot bind the rendezvous host {host}")
+
+
 def _bound_port(runner: web.AppRunner) -> int:
     for addr in runner.addresses:
         if isinstance(addr, tuple):
@@ -152,7 +169,7 @@ async def _serve(args: argparse.Namespace) -> int:
     ssl_ctx = None
     ca_cert = None
     if not args.no_tls:
-        ca_path, cert, key = ensure_tls(state)
+        ca_path, cert, key = ensure_tls(state, ("127.0.0.1", *((config.rendezvous_host,) if config.rendezvous_host else ())))
         ssl_ctx = server_ssl_context(cert, key)
         ca_cert = str(ca_path)
 
@@ -165,6 +182,13 @@ async def _serve(args: argparse.Namespace) -> int:
         await relay_runner.cleanup()
         raise
     port = _bound_port(relay_runner)
+    if config.rendezvous_host and args.host not in ("0.0.0.0", "::", "", config.rendezvous_host):
+        # Rendezvous addresses point at a second host, as the service's gateway hosts (g0-prod-...):
+        # a client that dials anything but the address it was handed fails here.
+        rendezvous_port = await _bind_rendezvous(relay_runner, config.rendezvous_host, port, ssl_ctx)
+        relay_server.rendezvous_authority = _authority(config.rendezvous_host, rendezvous_port)
+    elif config.rendezvous_host:
+        relay_server.rendezvous_authority = _authority(config.rendezvous_host, port)
 
     identity = IdentityEndpoint(config, issuer, header)
     id_runner = web.AppRunner(identity.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -192,6 +216,17 @@ async def _serve(args: argparse.Namespace) -> int:
         ("idleTimeoutSeconds", config.idle_timeout_seconds),
         ("listenerRecycleSeconds", config.listener_recycle_seconds),
         ("maxMessageBytes", config.max_message_bytes),
+        ("rendezvousHost", config.rendezvous_host),
+        ("rendezvousExactUrl", config.rendezvous_exact_url),
+        ("controlPingPolicy", config.control_ping_policy),
+        ("rendezvousPerSenderConnection", config.rendezvous_per_sender_connection),
+        ("rendezvousRequestAddress", config.rendezvous_request_address),
+        ("serviceCloseCodes", config.service_close_codes),
+        ("strictResponseRouting", config.strict_response_routing),
+        ("controlResponseLimitBytes", config.control_response_limit_bytes),
+        ("sasAudienceHostCheck", config.sas_audience_host_check),
+        ("allowBearerSas", config.allow_bearer_sas),
+        ("azureRequestHeaders", config.azure_request_headers),
     ):
         effective.setdefault(key, value)
     effective_path = state / "effective-config.json"
@@ -210,6 +245,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "state_dir": str(state),
         "config_file": str(effective_path),
         "pid": os.getpid(),
+        "rendezvous": relay_server.rendezvous_authority,
     }
     if generated:
         # Local dev only: the generated keys are random per state dir, handy for connection strings.

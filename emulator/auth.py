@@ -7,8 +7,9 @@ malformed, expired, wrongly signed or wrong-audience token; 403 for a valid toke
 without the right) and the Azure-style message from :mod:`relay.protocol`.
 
 SAS (relay-protocol.md §3.1): HMAC over the raw ``sr`` (:mod:`relay.sas`); the
-``sr`` host and port are ignored and its path must be a segment prefix of the entity,
-so .NET (port dropped, trailing slash) and Node (port kept) forms both pass.
+``sr`` host must be the namespace host the client dialed (port ignored; ``sasAudienceHostCheck``)
+and its path a segment prefix of the entity, so .NET (port dropped, trailing slash) and Node
+(port kept) forms both pass. A ``Bearer `` prefix is for JWTs only (``allowBearerSas``).
 JWT (§3.3, §7): RS256 signed by the emulator's identity key, ``aud``
 ``https://relay.azure.net`` with or without a trailing slash, ``exp``/``nbf`` with
 the configured grace, and the ``oid`` looked up in ``roleAssignments``.
@@ -17,6 +18,7 @@ the configured grace, and the ``oid`` looked up in ``roleAssignments``.
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -58,6 +60,11 @@ def scope_covers(scope: str, target: str) -> bool:
     return t == s or t.startswith(s + "/")
 
 
+def _hostname(host: str) -> str:
+    """``Host`` header value -> lower-case host name without the port (``[::1]:80`` -> ``::1``)."""
+    return (urlsplit(f"//{host}").hostname or host).lower()
+
+
 class Authorizer:
     """Checks tokens against the config's SAS rules and role assignments."""
 
@@ -66,40 +73,50 @@ class Authorizer:
     def __init__(self, config: EmulatorConfig, issuer: TokenIssuer) -> None:
         self.config = config
         self.issuer = issuer
-        # (token, entity, right) -> expiry of checks that passed. Senders reuse one token for
+        # (token, entity, right, host) -> expiry of checks that passed. Senders reuse one token for
         # thousands of requests; the signature check (HMAC or RSA) then runs once, not per
         # request. The config is static, so only expiry can turn a cached grant stale.
         self._granted: dict[tuple[str, str, str], float] = {}
 
-    def authorize(self, token: str | None, entity: str, right: str, *, now: float | None = None) -> float | None:
-        """Check ``token`` grants ``right`` on ``entity``; return its expiry (Unix time)."""
+    def authorize(self, token: str | None, entity: str, right: str, *, now: float | None = None,
+                  host: str | None = None) -> float | None:
+        """Check ``token`` grants ``right`` on ``entity``; return its expiry (Unix time).
+
+        ``host`` is the namespace host the client dialed (``Host``, port ignored): with
+        ``sasAudienceHostCheck`` a SAS token whose ``sr`` names another host is refused (401
+        ``InvalidAudience``), as Azure refuses a token for another namespace.
+        """
         if not token:
             raise AuthError(401, p.MSG_MISSING_TOKEN)
         now = time.time() if now is None else now
-        key = (token, entity.lower(), right)
+        hostname = _hostname(host) if host and self.config.sas_audience_host_check else None
+        key = (token, entity.lower(), right, hostname)
         expiry = self._granted.get(key)
         if expiry is not None:
             if expiry + self.config.token_grace_seconds >= now:
                 return expiry
             del self._granted[key]
-        expiry = self._check(token.strip(), entity, right, now)
+        expiry = self._check(token.strip(), entity, right, now, hostname)
         if len(self._granted) >= self.CACHE_LIMIT:
             self._granted.clear()
         self._granted[key] = expiry
         return expiry
 
-    def _check(self, token: str, entity: str, right: str, now: float) -> float:
+    def _check(self, token: str, entity: str, right: str, now: float, hostname: str | None) -> float:
         if sas.is_sas_token(token):
-            return self._sas(token, entity, right, now)
+            return self._sas(token, entity, right, now, hostname)
         if token[:7].lower() == "bearer ":
             token = token[7:].strip()
             if sas.is_sas_token(token):
-                return self._sas(token, entity, right, now)
+                if not self.config.allow_bearer_sas:
+                    # The service reads "Bearer " as an OAuth token: a SAS behind it is not one.
+                    raise AuthError(401, p.MSG_MALFORMED_TOKEN)
+                return self._sas(token, entity, right, now, hostname)
         return self._jwt(token, entity, right, now)
 
     # -- SAS --------------------------------------------------------------------------------
 
-    def _sas(self, token: str, entity: str, right: str, now: float) -> float:
+    def _sas(self, token: str, entity: str, right: str, now: float, hostname: str | None = None) -> float:
         try:
             parsed = sas.parse_sas_token(token)
         except ValueError:
@@ -115,6 +132,8 @@ class Authorizer:
         if parsed.expiry + self.config.token_grace_seconds < now:
             raise AuthError(401, p.MSG_EXPIRED_TOKEN)
         if not sas.resource_covers(parsed.resource, entity):
+            raise AuthError(401, p.MSG_INVALID_AUDIENCE)
+        if hostname is not None and (urlsplit(parsed.resource).hostname or "") != hostname:
             raise AuthError(401, p.MSG_INVALID_AUDIENCE)
         if not rule.grants(right):
             raise AuthError(403, p.forbidden_message(right))

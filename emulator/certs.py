@@ -1,7 +1,8 @@
 """Self-signed TLS material and the token-signing key, created once per state directory.
 
 ``ensure_tls(state_dir)`` makes a local CA (``ca.pem``) and a leaf certificate for
-``DNS:localhost`` and ``IP:127.0.0.1`` signed by it, and reuses both on later runs
+``DNS:localhost``, ``IP:127.0.0.1`` and the rendezvous ("gateway") address ``IP:127.0.0.2``
+signed by it (a leaf whose names differ from the wanted ones is made again), and reuses both on later runs
 so clients that trust ``ca.pem`` (``NODE_EXTRA_CA_CERTS``, ``ssl.create_default_context(cafile=...)``)
 keep working across restarts. ``ensure_signing_key`` does the same for the RSA key
 the identity endpoint signs JWTs with. Private keys are written with mode 0600.
@@ -31,16 +32,33 @@ def _pem_key(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _valid(cert_path: Path, margin_days: int = 2) -> bool:
+SAN_IPS = ("127.0.0.1", "127.0.0.2")
+"""IP addresses in the leaf's SAN: the namespace host and the rendezvous (gateway) host."""
+
+
+def _san(ips: tuple[str, ...]) -> list[x509.GeneralName]:
+    return [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
+
+
+def _valid(cert_path: Path, margin_days: int = 2, san: list[x509.GeneralName] | None = None) -> bool:
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError):
         return False
+    if san is not None:
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        if set(names) != set(san):
+            return False
     return cert.not_valid_after_utc > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=margin_days)
 
 
-def ensure_tls(state_dir: Path) -> tuple[Path, Path, Path]:
-    """Return ``(ca_cert, server_cert, server_key)`` paths, creating them if missing or expiring."""
+def ensure_tls(state_dir: Path, ips: tuple[str, ...] = SAN_IPS) -> tuple[Path, Path, Path]:
+    """Return ``(ca_cert, server_cert, server_key)`` paths, creating them if missing, expiring, or
+    made for other names than ``localhost`` + ``ips``."""
+    san = _san(tuple(dict.fromkeys(ips)))
     state_dir.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = state_dir / "ca.pem", state_dir / "ca-key.pem"
     cert, key = state_dir / "server.pem", state_dir / "server-key.pem"
@@ -69,7 +87,7 @@ def ensure_tls(state_dir: Path) -> tuple[Path, Path, Path]:
         if cert.exists():
             cert.unlink()  # the old leaf was signed by the old CA
 
-    if not (key.exists() and _valid(cert)):
+    if not (key.exists() and _valid(cert, san=san)):
         ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
         ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
         leaf_private = ec.generate_private_key(ec.SECP256R1())
@@ -83,9 +101,7 @@ def ensure_tls(state_dir: Path) -> tuple[Path, Path, Path]:
             # Under 398 days so strict clients accept it; renewed automatically when close to expiry.
             .not_valid_after(now + dt.timedelta(days=365))
             .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
-                ),
+                x509.SubjectAlternativeName(san),
                 critical=False,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -12,6 +12,7 @@ identity that owns the namespace. Secrets are never hard-coded.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import uuid
@@ -98,12 +99,24 @@ class EmulatorConfig:
     accept_timeout_seconds: float = 30.0
     response_timeout_seconds: float = 60.0
     inline_threshold_bytes: int = 65536
-    token_grace_seconds: float = 60.0
+    token_grace_seconds: float = 0.0
     no_listener_http_status: int = 502
-    idle_timeout_seconds: float | None = None
+    idle_timeout_seconds: float | None = 240.0
     listener_recycle_seconds: float | None = None
     max_message_bytes: int = 64 * 1024 * 1024
     identity_header: str | None = None
+    # The strict profile (emulator/README.md "Strict profile"): each key's default is the strict value.
+    rendezvous_host: str | None = "127.0.0.2"
+    rendezvous_exact_url: bool = True
+    control_ping_policy: str = "close"
+    rendezvous_per_sender_connection: bool = True
+    rendezvous_request_address: bool = False
+    service_close_codes: bool = True
+    strict_response_routing: bool = True
+    control_response_limit_bytes: int | None = 65536
+    sas_audience_host_check: bool = True
+    allow_bearer_sas: bool = False
+    azure_request_headers: bool = True
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -229,7 +242,44 @@ _KNOWN_KEYS = {
     "roleAssignments", "tokenLifetimeSeconds", "listenerLimit", "acceptTimeoutSeconds", "responseTimeoutSeconds",
     "inlineThresholdBytes", "tokenGraceSeconds", "noListenerHttpStatus", "idleTimeoutSeconds", "maxMessageBytes",
     "identityHeader", "listenerRecycleSeconds",
+    "rendezvousHost", "rendezvousExactUrl", "controlPingPolicy", "rendezvousPerSenderConnection",
+    "rendezvousRequestAddress", "serviceCloseCodes", "strictResponseRouting", "controlResponseLimitBytes",
+    "sasAudienceHostCheck", "allowBearerSas", "azureRequestHeaders",
 }
+
+STRICT_DEFAULTS: dict[str, Any] = {
+    "tokenGraceSeconds": 0,
+    "idleTimeoutSeconds": 240,
+    "rendezvousHost": "127.0.0.2",
+    "rendezvousExactUrl": True,
+    "controlPingPolicy": "close",
+    "rendezvousPerSenderConnection": True,
+    "rendezvousRequestAddress": False,
+    "serviceCloseCodes": True,
+    "strictResponseRouting": True,
+    "controlResponseLimitBytes": 65536,
+    "sasAudienceHostCheck": True,
+    "allowBearerSas": False,
+    "azureRequestHeaders": True,
+}
+"""The strict profile (the defaults)."""
+
+LENIENT_PROFILE: dict[str, Any] = {
+    "tokenGraceSeconds": 60,
+    "idleTimeoutSeconds": None,
+    "rendezvousHost": None,
+    "rendezvousExactUrl": False,
+    "controlPingPolicy": "answer",
+    "rendezvousPerSenderConnection": False,
+    "rendezvousRequestAddress": True,
+    "serviceCloseCodes": False,
+    "strictResponseRouting": False,
+    "controlResponseLimitBytes": None,
+    "sasAudienceHostCheck": False,
+    "allowBearerSas": True,
+    "azureRequestHeaders": False,
+}
+"""The lenient value of every strict-profile key (the emulator before issue 9); merge into a config to relax it."""
 
 
 def load_config(data: Any) -> EmulatorConfig:
@@ -356,12 +406,23 @@ def load_config(data: Any) -> EmulatorConfig:
             _positive(_get(data, "responseTimeoutSeconds", "", (int, float), 60), "responseTimeoutSeconds")
         ),
         inline_threshold_bytes=int(_get(data, "inlineThresholdBytes", "", int, 65536)),
-        token_grace_seconds=float(_get(data, "tokenGraceSeconds", "", (int, float), 60)),
+        token_grace_seconds=float(_get(data, "tokenGraceSeconds", "", (int, float), 0)),
         no_listener_http_status=int(_get(data, "noListenerHttpStatus", "", int, 502)),
-        idle_timeout_seconds=_get(data, "idleTimeoutSeconds", "", (int, float), None, nullable=True),
+        idle_timeout_seconds=_get(data, "idleTimeoutSeconds", "", (int, float), 240, nullable=True),
         listener_recycle_seconds=_get(data, "listenerRecycleSeconds", "", (int, float), None, nullable=True),
         max_message_bytes=int(_positive(_get(data, "maxMessageBytes", "", int, 64 * 1024 * 1024), "maxMessageBytes")),
         identity_header=_get(data, "identityHeader", "", str, None, nullable=True),
+        rendezvous_host=_get(data, "rendezvousHost", "", str, "127.0.0.2", nullable=True),
+        rendezvous_exact_url=_get(data, "rendezvousExactUrl", "", bool, True),
+        control_ping_policy=_get(data, "controlPingPolicy", "", str, "close"),
+        rendezvous_per_sender_connection=_get(data, "rendezvousPerSenderConnection", "", bool, True),
+        rendezvous_request_address=_get(data, "rendezvousRequestAddress", "", bool, False),
+        service_close_codes=_get(data, "serviceCloseCodes", "", bool, True),
+        strict_response_routing=_get(data, "strictResponseRouting", "", bool, True),
+        control_response_limit_bytes=_get(data, "controlResponseLimitBytes", "", int, 65536, nullable=True),
+        sas_audience_host_check=_get(data, "sasAudienceHostCheck", "", bool, True),
+        allow_bearer_sas=_get(data, "allowBearerSas", "", bool, False),
+        azure_request_headers=_get(data, "azureRequestHeaders", "", bool, True),
         raw=dict(data),
     )
     if cfg.token_grace_seconds < 0:
@@ -374,4 +435,13 @@ def load_config(data: Any) -> EmulatorConfig:
         _positive(cfg.idle_timeout_seconds, "idleTimeoutSeconds")
     if cfg.listener_recycle_seconds is not None:
         _positive(cfg.listener_recycle_seconds, "listenerRecycleSeconds")
+    if cfg.control_ping_policy not in ("answer", "close"):
+        raise ConfigError(f"'controlPingPolicy' must be \"answer\" or \"close\", got {cfg.control_ping_policy!r}")
+    if cfg.control_response_limit_bytes is not None:
+        _positive(cfg.control_response_limit_bytes, "controlResponseLimitBytes")
+    if cfg.rendezvous_host is not None:
+        try:
+            ipaddress.ip_address(cfg.rendezvous_host)
+        except ValueError:
+            raise ConfigError(f"'rendezvousHost' must be an IP address to bind (e.g. 127.0.0.2), got {cfg.rendezvous_host!r}") from None
     return cfg

@@ -63,6 +63,9 @@ class PendingRequest:
     delivered: bool = False  # full request already sent (inline, or over a rendezvous)
     rendezvous_open: bool = False  # the listener holds a rendezvous for it (the response may come there)
     rendezvous_count: int = 0  # rendezvous sockets open for it right now
+    raw_query: str = ""  # the query of its rendezvous address, to compare byte for byte
+    conn: SenderConnection | None = None  # the sender's TCP connection
+    delivered_on: web.WebSocketResponse | None = None  # the rendezvous the full request went over (None: control)
     response: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, command: p.ResponseCommand, body: bytes | None) -> None:
@@ -73,6 +76,36 @@ class PendingRequest:
         if not self.response.done():
             self.response.set_result((status, message))
 
+    def drop(self) -> None:
+        """The rendezvous it depends on closed: the sender's connection is dropped, no response."""
+        if not self.response.done():
+            self.response.set_result((DROP, ""))
+
+
+DROP = 0
+"""Outcome status meaning "drop the sender's TCP connection" (rendezvous gone mid-request)."""
+
+
+@dataclass(eq=False, slots=True)
+class SenderConnection:
+    """One HTTP sender TCP connection and the rendezvous its requests are pinned to (§6.3 step 6).
+
+    Strict profile (``rendezvousPerSenderConnection``): once a listener opens a request rendezvous
+    for a request of this connection, every later request of the connection goes over that
+    rendezvous; the rendezvous lives as long as the connection, and when the listener closes it the
+    service drops the connection (after the response being written, at once otherwise).
+    """
+
+    transport: asyncio.Transport
+    entity: str
+    rendezvous: web.WebSocketResponse | None = None
+    listener: Listener | None = None
+    current: PendingRequest | None = None
+    dropped_by_listener: bool = False
+    watcher: asyncio.Task | None = None
+
+    def usable(self) -> bool:
+        return self.rendezvous is not None and not self.rendezvous.closed and self.listener is not None and not self.listener.closed
 
 def _reason(text: str | None) -> str | None:
     if not text:
@@ -87,6 +120,30 @@ class HttpMode:
     def __init__(self, server: RelayServer) -> None:
         self.server = server
         self.pending: dict[str, PendingRequest] = {}
+        self.connections: dict[asyncio.Transport, SenderConnection] = {}
+
+    def _rendezvous_request(self, pending: PendingRequest) -> str:
+        """The full request as sent over a rendezvous (no ``address`` in the strict profile)."""
+        command = pending.command
+        if not self.server.config.rendezvous_request_address:
+            command = p.RequestCommand(
+                address=None, id=command.id, request_target=command.request_target, method=command.method,  # type: ignore[arg-type]
+                request_headers=command.request_headers, remote_endpoint=command.remote_endpoint, body=command.body,
+            )
+        return p.encode_command(command)
+
+    async def _deliver(self, ws: web.WebSocketResponse, pending: PendingRequest) -> None:
+        """Send the full request (and its body, streamed) over a rendezvous."""
+        pending.delivered = True
+        pending.delivered_on = ws
+        pending.rendezvous_open = True
+        await ws.send_str(self._rendezvous_request(pending))
+        if pending.command.body:
+            if pending.source is not None:
+                pending.pump_socket = ws
+                pending.pump = asyncio.get_running_loop().create_task(self._stream_body(ws, pending))
+            else:
+                await ws.send_bytes(pending.body)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         srv = self.server
@@ -109,15 +166,21 @@ class HttpMode:
                 token = request.headers["Authorization"]
                 consume_authorization = True
             try:
-                srv.authorizer.authorize(token, entity, SEND)
+                srv.authorizer.authorize(token, entity, SEND, host=host)
             except AuthError as exc:
                 return srv.error(exc.status, exc.message, host, entity)
 
-        try:
-            listener = srv.pick_listener(request, entity)
-        except NoListener as exc:
-            status = cfg.no_listener_http_status if exc.message == p.MSG_NO_LISTENERS else 404
-            return srv.error(status, exc.message, host, entity)
+        conn = self.connections.get(request.transport) if request.transport is not None else None
+        pinned = conn is not None and conn.entity == entity and conn.usable()
+        if pinned:
+            assert conn is not None and conn.listener is not None
+            listener = conn.listener
+        else:
+            try:
+                listener = srv.pick_listener(request, entity)
+            except NoListener as exc:
+                status = cfg.no_listener_http_status if exc.message == p.MSG_NO_LISTENERS else 404
+                return srv.error(status, exc.message, host, entity)
 
         pairs = []
         header_bytes = 0
@@ -129,6 +192,15 @@ class HttpMode:
             value = value_b.decode("latin-1")
             header_bytes += len(name) + len(value) + 4
             pairs.append((name, value))
+        if cfg.azure_request_headers:
+            # As the service forwards them: Host names the namespace without a port, and the
+            # service's own Via hop is added (after any Via the sender sent).
+            hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            via = f"1.1 {hostname}"
+            pairs = [(n, hostname if n.lower() == "host" else v) for n, v in pairs]
+            vias = [v for n, v in pairs if n.lower() == "via"]
+            pairs = [(n, v) for n, v in pairs if n.lower() != "via"]
+            pairs.append(("Via", ", ".join([*vias, via])))
         headers = p.fold_headers(pairs)
         filtered = p.filter_sb_hc_query(raw_query)
         target = f"{raw_path}?{filtered}" if filtered else raw_path
@@ -136,6 +208,8 @@ class HttpMode:
         length = request.content_length
         has_body = request.body_exists
         inline = not has_body or (length is not None and header_bytes + length <= cfg.inline_threshold_bytes)
+        if pinned:
+            inline = False  # goes over the rendezvous, body streamed
         if not inline and length is not None and length > cfg.max_message_bytes:
             return srv.error(413, MSG_TOO_LARGE.format(cfg.max_message_bytes), host, entity)
         body = b""
@@ -151,11 +225,8 @@ class HttpMode:
         # Rendezvous form: the body is not read here; it streams to the listener's rendezvous as it arrives.
 
         request_id = p.new_tracking_id()
-        secret = secrets.token_urlsafe(24)
-        address = (
-            f"{listener.scheme}://{listener.host}{p.HC_PREFIX}{quote(entity, safe='/')}"
-            f"?{p.QUERY_ACTION}={p.ACTION_REQUEST}&{p.QUERY_ID}={request_id}&sb-hc-secret={secret}"
-        )
+        address, issued_query, secret = srv.rendezvous_address(
+            listener, f"{p.HC_PREFIX}{quote(entity, safe='/')}", f"{p.QUERY_ACTION}={p.ACTION_REQUEST}&{p.QUERY_ID}={request_id}")
         peer = request.transport.get_extra_info("peername") if request.transport else None
         command = p.RequestCommand(
             address=address,
@@ -167,7 +238,12 @@ class HttpMode:
             body=bool(body) if inline else (has_body and (length is None or length > 0)),
         )
         pending = PendingRequest(request_id, secret, entity, listener, command, body, inline, delivered=inline,
-                                 source=None if inline else request.content)
+                                 source=None if inline else request.content, raw_query=issued_query)
+        if cfg.rendezvous_per_sender_connection and request.transport is not None:
+            if conn is None:
+                conn = self.connections[request.transport] = SenderConnection(request.transport, entity)
+            conn.current = pending
+            pending.conn = conn
         self.pending[request_id] = pending
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.response_timeout_seconds
@@ -175,14 +251,20 @@ class HttpMode:
             try:
                 # The write is inside the deadline too: a listener that stops reading its control
                 # channel backs the write up (flow control), and its senders must still get 504.
-                if inline:
+                if pinned:
+                    assert conn is not None and conn.rendezvous is not None
+                    send = self._deliver(conn.rendezvous, pending)
+                elif inline:
                     send = listener.send(p.encode_command(command), body if command.body else None)
                 else:
                     send = listener.send(p.encode_command(p.RequestCommand(address=address, id=request_id)))
                 await asyncio.wait_for(send, cfg.response_timeout_seconds)
                 outcome = await asyncio.wait_for(pending.response, max(0.0, deadline - loop.time()))
             except (ConnectionError, RuntimeError):
-                return srv.error(cfg.no_listener_http_status, p.MSG_NO_LISTENERS, host, entity)
+                if pinned:
+                    outcome = (DROP, "")
+                else:
+                    return srv.error(cfg.no_listener_http_status, p.MSG_NO_LISTENERS, host, entity)
             except asyncio.TimeoutError:
                 log.info("request %s on %s: listener %s did not respond within %s s",
                          request_id, entity, listener.id, cfg.response_timeout_seconds)
@@ -190,10 +272,27 @@ class HttpMode:
         finally:
             self.pending.pop(request_id, None)
             await self._stop_pump(pending)
+            if conn is not None:
+                if conn.current is pending:
+                    conn.current = None
+                if conn.rendezvous is None and self.connections.get(conn.transport) is conn:
+                    del self.connections[conn.transport]
+        if isinstance(outcome, tuple) and outcome[0] == DROP:
+            # The listener closed the rendezvous this connection is pinned to: the service drops the
+            # sender's connection, even with this request in flight (§2.5).
+            log.info("request %s on %s: the listener closed its rendezvous, dropping the sender's connection", request_id, entity)
+            if request.transport is not None:
+                request.transport.close()
+            # Nothing reaches the sender: aiohttp's write of this response to the closed
+            # transport fails quietly (a raised exception would be logged as a handler error).
+            return web.Response(status=502)
         if isinstance(outcome, tuple) and isinstance(outcome[0], int):
             return srv.error(outcome[0], outcome[1], host, entity)
         response, response_body = outcome
-        return self._response(request, response, response_body, host)
+        out = self._response(request, response, response_body, host)
+        if conn is not None and conn.dropped_by_listener:
+            out.force_close()  # its rendezvous is gone: close after this response
+        return out
 
     def _response(self, request: web.Request, cmd: p.ResponseCommand, body: bytes | None, host: str) -> web.Response:
         out = web.Response(status=cmd.status_code, reason=_reason(cmd.status_description))
@@ -219,32 +318,52 @@ class HttpMode:
             if pending.listener is listener and not pending.rendezvous_open:
                 pending.fail("The listener disconnected before responding.")
 
-    def on_response(self, command: p.ResponseCommand, body: bytes | None) -> PendingRequest | None:
-        """A ``response`` arrived (control channel or rendezvous): complete the matching request."""
+    def on_response(self, command: p.ResponseCommand, body: bytes | None,
+                    source: web.WebSocketResponse | None) -> PendingRequest | None:
+        """A ``response`` arrived on the control channel (``source`` None) or a rendezvous: complete
+        the matching request. Strict profile (``strictResponseRouting``): a request delivered over a
+        rendezvous is answered on that rendezvous only; an answer elsewhere is ignored."""
         pending = self.pending.get(command.request_id)
-        if pending is not None:
-            pending.resolve(command, body if command.body else None)
+        if pending is None:
+            return None
+        if self.server.config.strict_response_routing and pending.delivered_on is not None and source is not pending.delivered_on:
+            log.info("request %s: response on another socket than the rendezvous it was delivered on, ignored", pending.id)
+            return None
+        pending.resolve(command, body if command.body else None)
         return pending
 
+    def on_response_refused(self, command: p.ResponseCommand, message: str) -> None:
+        pending = self.pending.get(command.request_id)
+        if pending is not None:
+            pending.fail(message)
+
     async def rendezvous(self, request: web.Request, params: dict[str, str], entity: str) -> web.StreamResponse:
-        """The listener opened ``sb-hc-action=request``: deliver the request if needed, read the response."""
+        """The listener opened ``sb-hc-action=request``: deliver the request if needed, read responses.
+
+        Strict profile: the rendezvous then belongs to the sender's TCP connection (pinned), carries
+        its later requests, and stays open until the listener or the sender closes; lenient: one
+        exchange, then the emulator closes it.
+        """
         srv = self.server
+        cfg = srv.config
         pending = self.pending.get(params.get(p.QUERY_ID, ""))
         if pending is None or not secrets.compare_digest(pending.secret, params.get("sb-hc-secret", "")):
             return srv.error(403, "The rendezvous address is not valid or has expired.", request.host, entity)
+        refusal = srv.rendezvous_refusal(request, pending.raw_query, entity)
+        if refusal is not None:
+            return refusal
         ws = srv.new_websocket()
         await ws.prepare(request)
+        conn = pending.conn
+        pinned = False
+        if cfg.rendezvous_per_sender_connection and conn is not None and conn.rendezvous is None and not conn.transport.is_closing():
+            conn.rendezvous, conn.listener, pinned = ws, pending.listener, True
+            conn.watcher = asyncio.get_running_loop().create_task(self._watch_sender(conn, ws))
         pending.rendezvous_open = True
         pending.rendezvous_count += 1
+        first = pending
         if not pending.delivered:
-            pending.delivered = True
-            await ws.send_str(p.encode_command(pending.command))
-            if pending.command.body:
-                if pending.source is not None:
-                    pending.pump_socket = ws
-                    pending.pump = asyncio.get_running_loop().create_task(self._stream_body(ws, pending))
-                else:
-                    await ws.send_bytes(pending.body)
+            await self._deliver(ws, pending)
         reader = p.CommandReader()
         try:
             async for msg in ws:
@@ -256,24 +375,63 @@ class HttpMode:
                     item = reader.feed(msg.data)
                 except p.ProtocolError as exc:
                     log.warning("request %s: malformed message on its rendezvous, closing with 1008: %s", pending.id, exc)
-                    pending.fail("The listener sent a malformed response.")
+                    for other in self._on_socket(ws, first):
+                        other.fail("The listener sent a malformed response.")
                     await ws.close(code=1008, message=f"Malformed command: {exc}".encode()[:120])
                     break
                 if item is None:
                     continue
                 command, body = item
                 if isinstance(command, p.ResponseCommand):
-                    if self.on_response(command, body) is pending:
-                        break  # one exchange per rendezvous; hyco-https leaves the socket open
+                    answered = self.on_response(command, body, ws)
+                    if answered is first and not pinned:
+                        break  # lenient: one exchange per rendezvous; hyco-https leaves the socket open
+                    if answered is None:
+                        log.info("request rendezvous: response for unknown or finished request %s ignored", command.request_id)
         finally:
             if pending.pump_socket is ws:
                 await self._stop_pump(pending)
             pending.rendezvous_count -= 1
             if pending.rendezvous_count == 0:  # another rendezvous for it may still carry the response
                 pending.fail("The listener closed the rendezvous connection before responding.")
+            if pinned and conn is not None:
+                self._rendezvous_closed(conn, ws)
             if not ws.closed:
                 await ws.close(code=1000, message=b"Normal Closure")
         return ws
+
+    def _on_socket(self, ws: web.WebSocketResponse, first: PendingRequest) -> list[PendingRequest]:
+        found = [x for x in self.pending.values() if x.delivered_on is ws]
+        return found if first in found else [first, *found]
+
+    def _rendezvous_closed(self, conn: SenderConnection, ws: web.WebSocketResponse) -> None:
+        """The pinned rendezvous closed: drop the sender's connection (after a response being written)."""
+        if conn.rendezvous is not ws:
+            return
+        conn.rendezvous = None
+        conn.dropped_by_listener = True
+        if conn.watcher is not None:
+            conn.watcher.cancel()
+        current = conn.current
+        if current is not None and not current.response.done():
+            current.drop()  # its handler closes the connection
+        elif current is None:
+            if self.connections.get(conn.transport) is conn:
+                del self.connections[conn.transport]
+            conn.transport.close()
+        # else: a response is being written; the handler closes the connection after it.
+
+    async def _watch_sender(self, conn: SenderConnection, ws: web.WebSocketResponse) -> None:
+        """Close a pinned rendezvous once the sender's connection is gone (its lifetime ends there)."""
+        while not conn.transport.is_closing() and not ws.closed:
+            await asyncio.sleep(0.2)
+        if conn.rendezvous is ws:
+            conn.rendezvous = None
+            if self.connections.get(conn.transport) is conn:
+                del self.connections[conn.transport]
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close(code=1001, message=b"The sender closed the connection.")
 
     # -- streamed request bodies ---------------------------------------------------------------
 

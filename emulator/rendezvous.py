@@ -36,6 +36,7 @@ class PendingAccept:
 
     id: str
     entity: str
+    raw_query: str  # the query of the address handed out, to compare byte for byte
     # Resolved by the rendezvous handler with ("accept", listener_ws, protocol) or ("reject", code, text).
     outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     # Resolved by the sender handler when relaying is over, so the rendezvous handler can return.
@@ -54,8 +55,28 @@ async def _send_close(ws: web.WebSocketResponse, code: int | None, reason: bytes
         await writer.close(code, reason)
 
 
-async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse, label: str, side: str) -> bool:
-    """Copy messages src -> dst until src closes. True for a clean close (forwarded), False if src died."""
+CLEAN_CODES = frozenset((1000, 1001, None, 0, 1005))
+SERVICE_CLOSE = {
+    # (side that closed, clean?) -> the close frame the service sends the other side (relay-protocol.md §2.2).
+    ("sender", True): (1001, b"The sender closed the connection."),
+    ("sender", False): (1011, b"The sender closed the connection with an error."),
+    ("listener", True): (1000, b"The listener closed the connection."),
+    ("listener", False): (1011, b"The listener closed the connection with an error."),
+}
+
+
+def service_close(side: str, code: int | None) -> tuple[int, bytes]:
+    """The service's own close frame for the other leg when ``side`` closed with ``code``."""
+    return SERVICE_CLOSE[(side, code in CLEAN_CODES)]
+
+
+async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse, label: str, side: str,
+                service_codes: bool = False) -> bool:
+    """Copy messages src -> dst until src closes. True for a clean close (forwarded), False if src died.
+
+    ``service_codes`` (strict profile): the other side gets the service's own close frame
+    (:func:`service_close`) instead of the peer's code and reason.
+    """
     receive = src.receive
     writer = dst._writer  # noqa: SLF001
     assert writer is not None
@@ -67,8 +88,12 @@ async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse, label: s
             if kind is _BINARY or kind is _TEXT:
                 await send(msg.data, kind)
             elif kind is _CLOSE:
-                reason = msg.extra.encode("utf-8") if isinstance(msg.extra, str) else (msg.extra or b"")
-                await _send_close(dst, msg.data, reason)
+                if service_codes:
+                    code, reason = service_close(side, msg.data)
+                else:
+                    code = msg.data
+                    reason = msg.extra.encode("utf-8") if isinstance(msg.extra, str) else (msg.extra or b"")
+                await _send_close(dst, code, reason)
                 return True
             elif kind is _ERROR:  # oversized or broken frame: aiohttp already closed src (1009 / 1002)
                 log.warning("%s: the %s sent an invalid message, closed with %s (%s)",
@@ -87,12 +112,12 @@ def _finish(ws: web.WebSocketResponse) -> None:
     ws._close_transport()  # noqa: SLF001
 
 
-async def relay(a: web.WebSocketResponse, b: web.WebSocketResponse, label: str = "relay") -> None:
+async def relay(a: web.WebSocketResponse, b: web.WebSocketResponse, label: str = "relay", *, service_codes: bool = False) -> None:
     """Relay both directions (``a`` the sender, ``b`` the listener's rendezvous) until both have
     closed, or one connection dies (then the other gets 1001)."""
     loop = asyncio.get_running_loop()
-    ab = loop.create_task(_pump(a, b, label, "sender"))
-    ba = loop.create_task(_pump(b, a, label, "listener"))
+    ab = loop.create_task(_pump(a, b, label, "sender", service_codes))
+    ba = loop.create_task(_pump(b, a, label, "listener", service_codes))
     try:
         done, _ = await asyncio.wait((ab, ba), return_when=asyncio.FIRST_COMPLETED)
         first = done.pop()

@@ -54,6 +54,8 @@ class RelayServer:
         self.http = HttpMode(self)
         self.log = log
         self.started = datetime.now(timezone.utc)
+        # "host:port" of the rendezvous (gateway) site when the strict profile serves one (__main__ sets it).
+        self.rendezvous_authority: str | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_message_bytes)
@@ -73,7 +75,7 @@ class RelayServer:
     # -- helpers ----------------------------------------------------------------------------
 
     def new_websocket(self, *, protocols: tuple[str, ...] = (), relay_leg: bool = False,
-                      idle_timeout: float | None = None) -> web.WebSocketResponse:
+                      idle_timeout: float | None = None, autoping: bool = True) -> web.WebSocketResponse:
         """A server-side socket: no compression, large messages, pings answered, no per-message timers.
 
         ``relay_leg`` sockets (a sender and its rendezvous) forward close frames themselves
@@ -84,11 +86,41 @@ class RelayServer:
             compress=False,
             max_msg_size=self.config.max_message_bytes,
             autoclose=not relay_leg,
-            autoping=True,
+            autoping=autoping,
             heartbeat=None,
             decode_text=not relay_leg,
             receive_timeout=idle_timeout,
         )
+
+    def rendezvous_address(self, listener: Listener, raw_path: str, query: str) -> tuple[str, str, str]:
+        """A rendezvous address for ``listener``: ``(address, raw query, secret)``.
+
+        ``query`` holds everything but the secret. Strict profile: the address names the gateway
+        host (``rendezvousHost``) instead of the namespace host, and the secret carries ``%2f`` and
+        ``%2F``, so a client that re-quotes the URL (``%2f`` -> ``%2F``) or rebuilds it from parts
+        no longer matches (``rendezvousExactUrl``: the raw query must come back byte for byte).
+        """
+        a, b, c = (secrets.token_urlsafe(8) for _ in range(3))
+        if self.config.rendezvous_exact_url:
+            raw_secret, secret = f"{a}%2f{b}%2F{c}", f"{a}/{b}/{c}"
+        else:
+            raw_secret = secret = f"{a}{b}{c}"
+        raw_query = f"{query}&sb-hc-secret={raw_secret}"
+        authority = self.rendezvous_authority or listener.host
+        return f"{listener.scheme}://{authority}{raw_path}?{raw_query}", raw_query, secret
+
+    def rendezvous_refusal(self, request: web.Request, raw_query: str, entity: str) -> web.Response | None:
+        """403 unless a rendezvous handshake came to the gateway host with the address byte for byte
+        (a reject may append its ``&sb-hc-statusCode=...`` parameters)."""
+        if self.rendezvous_authority is not None:
+            sock = request.transport.get_extra_info("sockname") if request.transport else None
+            gateway = self.rendezvous_authority.rsplit(":", 1)[0].strip("[]")
+            if not sock or sock[0] != gateway:
+                return self.error(403, MSG_RENDEZVOUS_INVALID + " It must be opened on the host it names.", request.host, entity)
+        actual = request.raw_path.partition("?")[2]
+        if self.config.rendezvous_exact_url and actual != raw_query and not actual.startswith(raw_query + "&"):
+            return self.error(403, MSG_RENDEZVOUS_INVALID + " The address must be used exactly as given.", request.host, entity)
+        return None
 
     def pick_listener(self, request: web.Request, entity: str):
         """A random listener for a sender (WebSocket or HTTP), honouring Allowed/DisallowedListeners.
@@ -143,13 +175,16 @@ class RelayServer:
     async def _listen(self, request: web.Request, entity: str, params: dict[str, str]) -> web.StreamResponse:
         token = request.headers.get(p.HEADER_TOKEN) or params.get(p.QUERY_TOKEN)
         try:
-            expiry = self.authorizer.authorize(token, entity, LISTEN)
+            expiry = self.authorizer.authorize(token, entity, LISTEN, host=request.host)
         except AuthError as exc:
             return self.error(exc.status, exc.message, request.host, entity)
         if not self.listeners.has_room(entity):
             return self.error(403, p.MSG_TOO_MANY_LISTENERS, request.host, entity)
 
-        ws = self.new_websocket(idle_timeout=self.config.idle_timeout_seconds)
+        # Strict profile: PINGs from the listener close the channel (controlPingPolicy), so they
+        # are seen here rather than answered by aiohttp; pongs are keep-alive traffic.
+        ws = self.new_websocket(idle_timeout=self.config.idle_timeout_seconds,
+                                autoping=self.config.control_ping_policy == "answer")
         peer = request.transport.get_extra_info("peername") if request.transport else None
         listener = Listener(
             id=params.get(p.QUERY_ID) or p.new_tracking_id(),
@@ -188,6 +223,15 @@ class RelayServer:
                 await listener.close(1001, "The connection was idle for too long.")
                 return
             kind = msg.type
+            if kind is WSMsgType.PONG:
+                continue  # unsolicited pongs: the official clients' keep-alive
+            if kind is WSMsgType.PING:
+                if self.config.control_ping_policy == "close":
+                    log.info("listener %s sent a PING on its control channel, closing it (controlPingPolicy=close)", listener.id)
+                    await listener.close(1008, "Ping frames are not accepted on the control channel; keep it alive with pongs.")
+                    return
+                await ws.pong(msg.data)
+                continue
             if kind is WSMsgType.BINARY:
                 if not reader.awaiting_body and not msg.data:
                     continue  # hyco-https sends an empty body message even after body:false
@@ -212,12 +256,20 @@ class RelayServer:
                 continue
             command, body = item
             if isinstance(command, p.ResponseCommand):
-                if self.http.on_response(command, body) is None:
+                limit = self.config.control_response_limit_bytes
+                if limit is not None and body is not None and len(body) > limit:
+                    # Bigger responses must use a rendezvous (protocol article); the channel is dropped.
+                    log.info("listener %s: a %d-byte response body on the control channel, closing it with 1009",
+                             listener.id, len(body))
+                    self.http.on_response_refused(command, "The listener sent a response over 64 KiB on its control channel.")
+                    await listener.close(1009, "Responses over 64 KiB must be sent over a rendezvous.")
+                    return
+                if self.http.on_response(command, body, None) is None:
                     log.info("listener %s: response for unknown or finished request %s ignored",
                              listener.id, command.request_id)
             elif isinstance(command, p.RenewTokenCommand):
                 try:
-                    listener.expiry = self.authorizer.authorize(command.token, listener.entity, LISTEN)
+                    listener.expiry = self.authorizer.authorize(command.token, listener.entity, LISTEN, host=listener.host)
                 except AuthError as exc:
                     log.info("listener %s: renewToken refused (%s)", listener.id, exc.status)
                     await listener.close(1008, exc.message)
@@ -255,7 +307,7 @@ class RelayServer:
         if self.config.hybrid_connections[entity].requires_client_authorization:
             token = request.headers.get(p.HEADER_TOKEN) or params.get(p.QUERY_TOKEN)
             try:
-                self.authorizer.authorize(token, entity, SEND)
+                self.authorizer.authorize(token, entity, SEND, host=host)
             except AuthError as exc:
                 return self.error(exc.status, exc.message, host, entity)
         try:
@@ -264,12 +316,11 @@ class RelayServer:
             return self.error(404, exc.message, host, entity)
 
         sender_id = params.get(p.QUERY_ID) or p.new_tracking_id()
-        secret = secrets.token_urlsafe(24)
         raw_path = request.raw_path.partition("?")[0]
         app_query = p.filter_sb_hc_query(raw_query)
-        address = (
-            f"{listener.scheme}://{listener.host}{raw_path}?{app_query + '&' if app_query else ''}"
-            f"{p.QUERY_ACTION}={p.ACTION_ACCEPT}&{p.QUERY_ID}={quote(sender_id, safe='')}&sb-hc-secret={secret}"
+        address, issued_query, secret = self.rendezvous_address(
+            listener, raw_path,
+            f"{app_query + '&' if app_query else ''}{p.QUERY_ACTION}={p.ACTION_ACCEPT}&{p.QUERY_ID}={quote(sender_id, safe='')}",
         )
         connect_headers = p.fold_headers(
             (k.decode("latin-1"), v.decode("latin-1"))
@@ -283,7 +334,7 @@ class RelayServer:
             connect_headers=connect_headers,
             remote_endpoint=p.RemoteEndpoint(peer[0], peer[1]) if peer else None,
         )
-        pending = PendingAccept(sender_id, entity)
+        pending = PendingAccept(sender_id, entity, issued_query)
         self.accepts[secret] = pending
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.accept_timeout_seconds
@@ -325,7 +376,7 @@ class RelayServer:
         pair = (sender_ws, listener_ws)
         self.relays.add(pair)
         try:
-            await relay(sender_ws, listener_ws, f"sender {sender_id} on {entity}")
+            await relay(sender_ws, listener_ws, f"sender {sender_id} on {entity}", service_codes=self.config.service_close_codes)
         finally:
             self.relays.discard(pair)
             if not pending.done.done():
@@ -337,6 +388,9 @@ class RelayServer:
         pending = self.accepts.get(params.get("sb-hc-secret", ""))
         if pending is None or pending.outcome.done():
             return self.error(403, MSG_RENDEZVOUS_INVALID, request.host, entity)
+        refusal = self.rendezvous_refusal(request, pending.raw_query, entity)
+        if refusal is not None:
+            return refusal
         try:
             rejection = p.reject_params(params)
         except p.ProtocolError:
@@ -376,7 +430,7 @@ class RelayServer:
         last: AuthError | None = None
         for right in (LISTEN, SEND):
             try:
-                self.authorizer.authorize(token, entity, right)
+                self.authorizer.authorize(token, entity, right, host=host)
                 break
             except AuthError as exc:
                 last = exc

@@ -1,17 +1,11 @@
-"""Sending one binary message in several frames (a streamed body) over an aiohttp client WebSocket.
-
-aiohttp's public API sends each message as a single frame, but a streamed HTTP response must go
-out as it is produced: the service forwards each fragment to the sender, and a response that
-stays idle for 60 s is cut off. This writes continuation frames directly to the socket. If the
-aiohttp internals it needs are missing, the body is collected and sent as one message instead.
+"""WebSocket frames written straight to a transport: one encoder for the library's masked frames
+and the emulator's unmasked ones, and a command + body pair in one write on an aiohttp socket.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-from typing import AsyncIterable
-
 import aiohttp
 
 try:  # aiohttp's (C-accelerated) masking routine
@@ -33,8 +27,8 @@ CONTINUATION = 0x0
 _TEXT = 0x1
 
 
-def encode_frame(payload: bytes, opcode: int, fin: bool, *, mask: bool = True) -> bytes:
-    """One WebSocket frame. Clients mask (``mask=True``); a server (the emulator) must not."""
+def frame_parts(payload: bytes | bytearray | memoryview, opcode: int, fin: bool, *, mask: bool = True) -> tuple:
+    """One WebSocket frame as parts for ``transport.writelines`` (no concatenation copy of the payload)."""
     first = (0x80 if fin else 0) | opcode
     bit = 0x80 if mask else 0
     length = len(payload)
@@ -45,44 +39,16 @@ def encode_frame(payload: bytes, opcode: int, fin: bool, *, mask: bool = True) -
     else:
         header = struct.pack("!BBQ", first, bit | 127, length)
     if not mask:
-        return header + payload
+        return header, payload
     key = _mask_key()
-    data = bytearray(payload)
+    data = bytearray(payload)  # the one copy masking needs
     _mask(key, data)  # type: ignore[misc]
-    return header + key + data
+    return header + key, data
 
 
-async def send_streamed_message(ws: aiohttp.ClientWebSocketResponse, chunks: AsyncIterable[bytes]) -> int:
-    """Send ``chunks`` as one binary message (fragmented when possible). Returns the bytes sent."""
-    writer = getattr(ws, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    protocol = getattr(writer, "protocol", None)
-    drain = getattr(protocol, "_drain_helper", None)
-    if _mask is None or transport is None or drain is None:
-        body = bytearray()
-        async for chunk in chunks:
-            body += chunk
-        await ws.send_bytes(bytes(body))
-        return len(body)
-    total = 0
-    opcode = BINARY
-    pending: bytes | None = None
-    async for chunk in chunks:
-        if not chunk:
-            continue
-        if pending is not None:
-            if transport.is_closing():
-                raise ConnectionResetError("the rendezvous socket closed while streaming the body")
-            transport.write(encode_frame(pending, opcode, False))
-            opcode = CONTINUATION
-            if protocol.writing_paused:  # type: ignore[union-attr]
-                await drain()
-        pending = bytes(chunk)
-        total += len(pending)
-    if transport.is_closing():
-        raise ConnectionResetError("the rendezvous socket closed while streaming the body")
-    transport.write(encode_frame(pending or b"", opcode, True))
-    return total
+def encode_frame(payload: bytes | bytearray | memoryview, opcode: int, fin: bool, *, mask: bool = True) -> bytes:
+    """One WebSocket frame. Clients mask (``mask=True``); a server (the emulator) must not."""
+    return b"".join(frame_parts(payload, opcode, fin, mask=mask))
 
 
 def frames_supported(ws: aiohttp.ClientWebSocketResponse) -> bool:
@@ -102,9 +68,9 @@ async def write_command(ws: aiohttp.ClientWebSocketResponse, text: str, body: by
     transport = writer.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("the control channel is closed")
-    data = encode_frame(text.encode("utf-8"), _TEXT, True)
+    parts = frame_parts(text.encode("utf-8"), _TEXT, True)
     if body is not None:
-        data += encode_frame(body, BINARY, True)
-    transport.write(data)
+        parts += frame_parts(body, BINARY, True)
+    transport.writelines(parts)
     if writer.protocol.writing_paused:
         await writer.protocol._drain_helper()

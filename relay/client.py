@@ -33,7 +33,9 @@ DEFAULT_TIMEOUT = 70.0
 """Seconds to wait for a connection or for response headers (.NET's HybridConnectionClient default)."""
 
 HEADER_USER_AGENT = "Relay-User-Agent"
-_SERVICE_MARKERS = ("trackingid:", "systemtracker:")
+_SERVICE_MARKER = "systemtracker:"
+"""Only the service's own refusals carry ``SystemTracker:``; a listener's reject may carry a
+``TrackingId:`` too (.NET appends one to its AcceptHandler failures), so that one proves nothing."""
 
 
 def _listener_header(ids: str | Iterable[str] | None) -> str | None:
@@ -354,8 +356,9 @@ class HybridConnectionClient:
         tracking_id = str(uuid.uuid4())
         target = path if isinstance(path, CanonicalPath) else canonical_path(path, what="connect path")
         suffix = "" if target.path == "/" else target.path  # encoded once by relay.paths; yarl must not re-read it
+        query = "&".join(q for q in (self._address.query, target.query) if q)  # the address's own query first, as .NET
         url = URL(hc_url(self._address.ws_base, self._address.entity, ACTION_CONNECT, id=tracking_id, suffix=suffix,
-                         app_query=target.query), encoded=True)
+                         app_query=query), encoded=True)
         hdrs: dict[str, str] = {HEADER_USER_AGENT: self._user_agent}
         if headers:
             hdrs.update(headers)
@@ -370,7 +373,7 @@ class HybridConnectionClient:
             raise RelayTimeoutError(f"{context}: no listener accepted within {timeout:g} s") from None
         if ws is None:
             lowered = reason.lower()
-            if any(marker in lowered for marker in _SERVICE_MARKERS) or status in (401, 407) or not reason:
+            if _SERVICE_MARKER in lowered or status in (401, 407) or not reason:
                 error = error_from_status(status, reason, context=context)
                 if isinstance(error, AuthorizationFailedError):
                     self._provider.invalidate(self._address.sb_uri)

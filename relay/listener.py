@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Union
 from urllib.parse import urlsplit
 
 import aiohttp
-import websockets
 from aiohttp import WSMsgType
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_client_connect
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._frames import frames_supported, send_streamed_message, write_command
+from ._frames import frames_supported, write_command
 from ._hints import add_hint
+from ._http_serving import MSG_HANDLER_FAILED, MSG_HANDLER_TIMEOUT, MSG_NO_HANDLER, MSG_SHUTTING_DOWN, HttpServing
 from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
 from .client import HEADER_USER_AGENT
 from .connection_string import parse_connection_string
@@ -27,20 +26,17 @@ from .errors import ConnectionLostError, EndpointNotFoundError, RelayError, erro
 from .protocol import (
     ACTION_LISTEN,
     HEADER_TOKEN,
-    INLINE_LIMIT,
     AcceptCommand,
     CommandReader,
     ProtocolError,
     RenewTokenCommand,
     RequestCommand,
-    ResponseCommand,
-    decode_command,
     encode_command,
     filter_sb_hc_query,
     hc_url,
     reject_url,
 )
-from .relayed_http import RelayedHttpRequest, RelayedHttpResponse, reason_phrase, response_headers
+from .relayed_http import RelayedHttpRequest, RelayedHttpResponse
 from .stream import HybridConnectionStream
 
 __all__ = [
@@ -64,15 +60,31 @@ def retry_delay(attempt: int) -> float:
     return RETRY_DELAYS[min(max(attempt, 0), len(RETRY_DELAYS) - 1)]
 
 
-MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
-MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
-MSG_HANDLER_TIMEOUT = "The listener RequestHandler did not answer in time."
+__all__ += ["MSG_NO_HANDLER", "MSG_HANDLER_FAILED", "MSG_HANDLER_TIMEOUT", "MSG_SHUTTING_DOWN"]
+
 MSG_ACCEPT_HANDLER_FAILED = "The Listener's custom AcceptHandler threw an exception. See Listener logs for details."
 MSG_REJECTED = "Rejected by user code"
-MSG_SHUTTING_DOWN = "The listener is shutting down."
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
+
+
+def _tcp_keepalive(ws: aiohttp.ClientWebSocketResponse, idle: float | None) -> None:
+    """TCP keep-alive on the control channel's socket: a peer that vanished (no RST, no FIN) is
+    noticed by the kernel's probes, without WebSocket PINGs (which the service may punish)."""
+    if not idle:
+        return
+    transport = getattr(getattr(ws, "_writer", None), "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", max(1, int(idle))), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass  # best effort: the pongs still keep the channel alive
 
 
 class ListenerState:
@@ -143,7 +155,7 @@ class HybridConnectionListener:
     * HTTP senders: ``request_handler(request)`` (sync or async) gets a
       :class:`RelayedHttpRequest` and returns a :class:`RelayedHttpResponse`. Exceptions answer
       500, a missing handler 501 (as .NET), and a handler slower than ``handler_timeout`` (55 s,
-      inside the service's 60 s deadline) answers 504. By default the handler runs once the whole
+      inside the service's 60 s deadline) answers 503 (502 and 504 are the service's own codes). By default the handler runs once the whole
       body has arrived (``request.body`` is set). With ``stream_request_body=True`` it runs as soon
       as the request line and headers are in, and reads large (rendezvous) bodies as they arrive
       with ``async for chunk in request.iter_chunks()`` or ``await request.read()``; ``request.body``
@@ -152,7 +164,13 @@ class HybridConnectionListener:
     The listener reconnects after any drop with .NET's backoff (0, 1, 2, 5, 10, 30 s ...), except
     when the hybrid connection does not exist (404): then it goes offline and ``last_error``
     holds :class:`~relay.errors.EndpointNotFoundError`. It renews its token on the control
-    channel (``renewToken``) before expiry, pings every ``keepalive_interval`` seconds, and
+    channel (``renewToken``) before expiry, keeps the control channel alive with an unsolicited
+    PONG every ``keepalive_interval`` seconds (as the official clients do; the service may drop a
+    control channel that sends PINGs), detects a dead connection with TCP keep-alive probes
+    (after ``keepalive_interval`` s of silence, 3 probes 10 s apart) and, when
+    ``receive_timeout`` is set, also reconnects when nothing at all arrived on the control
+    channel for that many seconds (off by default: the service sends nothing on an idle channel,
+    so a deadline would also recycle healthy idle listeners, with a moment without a listener), and
     reports ``state``, ``is_online``, ``last_error`` and the callbacks ``on_connecting`` (before
     the first connect and whenever it starts reconnecting), ``on_online`` (each time the control
     channel is up) and ``on_offline`` (gave up, or closed); all are sync or async callables without
@@ -174,7 +192,8 @@ class HybridConnectionListener:
         request_handler: RequestHandler | None = None,
         accept_handler: AcceptHandler | None = None,
         listener_id: str | None = None,
-        keepalive_interval: float | None = 210.0,
+        keepalive_interval: float | None = 60.0,
+        receive_timeout: float | None = None,
         renew_margin: float | None = None,
         use_tls: bool | None = None,
         operation_timeout: float = 60.0,
@@ -193,6 +212,8 @@ class HybridConnectionListener:
         self.accept_handler = accept_handler
         self.listener_id = listener_id or str(uuid.uuid4())
         self._keepalive = keepalive_interval
+        self._receive_timeout = receive_timeout
+        self._http = HttpServing(self)
         self._renew_margin = renew_margin
         self._operation_timeout = operation_timeout
         self._handler_timeout = handler_timeout
@@ -215,7 +236,8 @@ class HybridConnectionListener:
         self._closing = False
         self._direct_writes = False
         self._wakeup: asyncio.Event | None = None
-        self._url = hc_url(self._address.ws_base, self._address.entity, ACTION_LISTEN, id=self.listener_id)
+        self._url = hc_url(self._address.ws_base, self._address.entity, ACTION_LISTEN, id=self.listener_id,
+                           app_query=self._address.query)
         self._accept_url_base = self._address.sb_uri
         self._owned_credential: Any = None
 
@@ -295,6 +317,7 @@ class HybridConnectionListener:
         self.state = ListenerState.CLOSING
         if self._wakeup is not None:
             self._wakeup.set()
+        await self._http.close_idle()
         if self._tasks:
             _done, pending = await asyncio.wait(list(self._tasks), timeout=self._close_timeout)
             for task in pending:
@@ -393,13 +416,15 @@ class HybridConnectionListener:
             headers[HEADER_TOKEN] = token.token
         context = f"listen on {self.address}"
         assert self._session is not None
-        ws, status, reason = await ws_connect(self._session, self._url, headers=headers, heartbeat=self._keepalive, context=context)
+        # No heartbeat: aiohttp's sends PINGs; the keep-alive here is unsolicited PONGs (_keepalive_loop).
+        ws, status, reason = await ws_connect(self._session, self._url, headers=headers, context=context)
         if ws is None:
             error = error_from_status(status, reason, context=context)
             if status == 401:
                 self._provider.invalidate(self.address)
             raise add_hint(error, self._provider, action="listen", sb_uri=self.address)
         self._control = ws
+        _tcp_keepalive(ws, self._keepalive)
         # Control-channel commands go out as one write each when aiohttp's internals allow it
         # (then no lock is needed to keep a body next to its JSON); otherwise under _send_lock.
         self._direct_writes = frames_supported(ws)
@@ -410,7 +435,9 @@ class HybridConnectionListener:
     async def _pump(self, ws: aiohttp.ClientWebSocketResponse, token: RelayToken | None) -> None:
         try:
             while True:
-                self._renew_task = asyncio.get_running_loop().create_task(self._renew_loop(ws, token))
+                loop = asyncio.get_running_loop()
+                self._renew_task = loop.create_task(self._renew_loop(ws, token))
+                keepalive = loop.create_task(self._keepalive_loop(ws)) if self._keepalive else None
                 try:
                     await self._serve(ws)
                 except ConnectionLostError as exc:
@@ -420,6 +447,8 @@ class HybridConnectionListener:
                 finally:
                     self._renew_task.cancel()
                     self._renew_task = None
+                    if keepalive is not None:
+                        keepalive.cancel()
                 if self._closing:
                     return
                 self._control = None
@@ -465,12 +494,38 @@ class HybridConnectionListener:
         except asyncio.TimeoutError:
             pass
 
+    async def _keepalive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """An unsolicited PONG every ``keepalive_interval`` s (RFC 6455 §5.5.3: no answer expected)."""
+        assert self._keepalive
+        while not ws.closed:
+            await asyncio.sleep(self._keepalive)
+            try:
+                await ws.pong()
+            except Exception:
+                return  # the pump notices the dead socket and reconnects
+
+    async def _send_control(self, ws: aiohttp.ClientWebSocketResponse, text: str, body: Any) -> None:
+        """One command (and its body) on the control channel, the two adjacent."""
+        if self._direct_writes:
+            await write_command(ws, text, body)
+            return
+        async with self._send_lock:
+            await ws.send_str(text)
+            if body:
+                await ws.send_bytes(body)
+
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         reader = CommandReader()
         receive = ws.receive
         spawn = self._spawn
+        deadline = self._receive_timeout
         while True:
-            msg = await receive()
+            try:
+                msg = await receive(deadline)
+            except asyncio.TimeoutError:
+                raise ConnectionLostError(
+                    f"nothing arrived on the control channel of {self.address} for {deadline:g} s; reconnecting"
+                ) from None
             kind = msg.type
             if kind is _TEXT or kind is _BINARY:
                 try:
@@ -492,7 +547,7 @@ class HybridConnectionListener:
                     continue
                 command, body = result
                 if type(command) is RequestCommand:
-                    spawn(self._on_request(ws, command, body))
+                    spawn(self._http.on_request(ws, command, body))
                 elif type(command) is AcceptCommand:
                     spawn(self._on_accept(command))
                 else:  # unknown or misdirected commands are ignored, as .NET does
@@ -539,11 +594,7 @@ class HybridConnectionListener:
                 continue
             token = fresh
             try:
-                async with self._send_lock:
-                    if self._direct_writes:
-                        await write_command(ws, encode_command(RenewTokenCommand(token.token)), None)
-                    else:
-                        await ws.send_str(encode_command(RenewTokenCommand(token.token)))
+                await self._send_control(ws, encode_command(RenewTokenCommand(token.token)), None)
             except Exception:
                 return  # the pump notices the dead socket and reconnects with a fresh token
 
@@ -605,246 +656,3 @@ class HybridConnectionListener:
             await stream.close(1001, MSG_SHUTTING_DOWN)
             return
         self._accepted.put_nowait(stream)
-
-    # -- HTTP senders ------------------------------------------------------------------------------
-
-    async def _on_request(self, control: aiohttp.ClientWebSocketResponse, command: RequestCommand, body: bytes | None) -> None:
-        if command.is_address_only:
-            await self._serve_rendezvous_request(command)
-            return
-        request = RelayedHttpRequest(
-            command.method or "GET",
-            command.request_target or "/",
-            command.request_headers,
-            body or b"",
-            command.id,
-            command.remote_endpoint,
-            self._address.entity,
-        )
-        response = await self._invoke(request)
-        try:
-            await self._respond(command, response, control)
-        except Exception as exc:
-            _log.warning("could not deliver the response to request %s: %s", command.id, exc)
-
-    async def _invoke(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
-        if self._closing:
-            return RelayedHttpResponse(503, body=MSG_SHUTTING_DOWN)
-        handler = self.request_handler
-        if handler is None:
-            return RelayedHttpResponse(501, body=MSG_NO_HANDLER)
-        try:
-            result = handler(request)
-            if inspect.isawaitable(result):
-                async with asyncio.timeout(self._handler_timeout):  # no extra task, unlike wait_for
-                    result = await result
-        except TimeoutError:
-            _log.error("request handler did not answer %s %s within %g s", request.method, request.target, self._handler_timeout)
-            return RelayedHttpResponse(504, body=MSG_HANDLER_TIMEOUT)
-        except Exception:
-            _log.exception("request handler failed for %s %s", request.method, request.target)
-            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
-        if result is None:
-            return RelayedHttpResponse(200)
-        if not isinstance(result, RelayedHttpResponse):
-            _log.error("request handler returned %s, not a RelayedHttpResponse", type(result).__name__)
-            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
-        if not 100 <= result.status <= 999:  # the protocol carries 100-999 only; anything else would strand the sender
-            _log.error("request handler returned status %d for %s %s", result.status, request.method, request.target)
-            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
-        return result
-
-    async def _respond(
-        self,
-        command: RequestCommand,
-        response: RelayedHttpResponse,
-        control: aiohttp.ClientWebSocketResponse | None,
-    ) -> None:
-        """Answer an inline request: on the control channel, or over a new rendezvous when large or streamed."""
-        head, body, streamed = _encode_response(command, response)
-        if not streamed and len(body) <= INLINE_LIMIT and control is not None and not control.closed:
-            try:
-                if self._direct_writes:
-                    await write_command(control, head, body or None)
-                    return
-                async with self._send_lock:
-                    await control.send_str(head)
-                    if body:
-                        await control.send_bytes(body)
-                return
-            except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                pass  # the control channel just dropped: the request's rendezvous address still works
-        assert self._session is not None
-        rendezvous, status, reason = await asyncio.wait_for(
-            ws_connect(self._session, command.address, context="response rendezvous"), 20.0
-        )
-        if rendezvous is None:
-            raise ConnectionLostError(f"the response rendezvous was refused: {status} {reason}")
-        complete = False
-        try:
-            await rendezvous.send_str(head)
-            if streamed:
-                await send_streamed_message(rendezvous, body)
-            elif body:
-                await rendezvous.send_bytes(body)
-            complete = True
-        finally:
-            # A body cut short (the handler's iterator failed) must not look complete: close with 1011.
-            await rendezvous.close(code=1000 if complete else 1011, message=b"Normal Closure" if complete else b"Response failed")
-
-    async def _open_request_rendezvous(self, command: RequestCommand) -> ClientConnection | None:
-        """Open the request's rendezvous with ``websockets``, which (unlike aiohttp) can receive
-        a message fragment by fragment, so the body reaches the handler as it arrives."""
-        options: dict[str, Any] = {}
-        if command.address.lower().startswith("wss:"):
-            options["ssl"] = self._ssl
-        try:
-            return await ws_client_connect(
-                command.address,
-                compression=None,
-                max_size=None,
-                proxy=None,
-                user_agent_header=None,
-                open_timeout=20.0,
-                ping_interval=None,
-                close_timeout=10.0,
-                **options,
-            )
-        except websockets.InvalidStatus as exc:
-            _log.warning("request rendezvous for %s refused: %d %s", command.id, exc.response.status_code, exc.response.reason_phrase)
-        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            # Never the URL: its query holds the rendezvous secret.
-            _log.warning("request rendezvous for %s failed: %s", command.id, type(exc).__name__)
-        return None
-
-    async def _serve_rendezvous_request(self, command: RequestCommand) -> None:
-        """Address-only request: fetch it over a rendezvous, answer there, close it (as .NET).
-
-        The handler starts as soon as the request JSON has arrived; the body (one binary
-        message, possibly in many fragments) streams to it through ``request.iter_chunks()``.
-        """
-        ws = await self._open_request_rendezvous(command)
-        if ws is None:
-            return
-        body: _RendezvousBody | None = None
-        try:
-            while True:
-                message = await asyncio.wait_for(ws.recv(), self._operation_timeout)
-                if not isinstance(message, str):
-                    continue  # a stray binary message: not a command
-                full = decode_command(message)
-                if type(full) is RequestCommand:
-                    break
-                if full.has_body:  # some other command with a body: skip both
-                    await asyncio.wait_for(ws.recv(), self._operation_timeout)
-            body = _RendezvousBody(ws) if full.has_body else None
-            request = RelayedHttpRequest(
-                full.method or "GET",
-                full.request_target or "/",
-                full.request_headers,
-                b"",
-                full.id,
-                full.remote_endpoint,
-                self._address.entity,
-                stream=body,
-            )
-            if body is not None and not self.stream_request_body:
-                # Default: the handler sees a complete request (``request.body`` valid); a body cut
-                # off mid-way never reaches it (ConnectionLostError, logged below).
-                await asyncio.wait_for(request.read(), self._operation_timeout)
-            response = await self._invoke(request)
-            head, payload, streamed = _encode_response(full, response)
-            await ws.send(head)
-            if streamed:
-                await ws.send(_fragments(payload))  # type: ignore[arg-type]
-            elif payload:
-                await ws.send(bytes(payload))  # type: ignore[arg-type]
-            if body is not None and not body.done:
-                # The handler did not read (all of) the body: discard the rest, then close.
-                try:
-                    await asyncio.wait_for(body.drain(), self._operation_timeout)
-                except (ConnectionLostError, asyncio.TimeoutError, RuntimeError, websockets.ConcurrencyError):
-                    pass
-        except (ProtocolError, asyncio.TimeoutError, websockets.ConnectionClosed, ConnectionError, RelayError) as exc:
-            _log.warning("request %s over rendezvous failed: %s", command.id, type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc)
-        except Exception:
-            # e.g. a streamed response body whose iterator failed: websockets already closed with 1011.
-            _log.exception("request %s over rendezvous failed", command.id)
-        finally:
-            try:
-                await ws.close(code=1000, reason="Normal Closure")
-            except Exception:
-                pass
-
-
-def _encode_response(command: RequestCommand, response: RelayedHttpResponse) -> tuple[str, Any, bool]:
-    """The ``response`` JSON, the body (bytes, or an async iterable when streamed) and whether it is streamed."""
-    body = response.body
-    text = isinstance(body, str)
-    if text:
-        body = body.encode("utf-8")  # type: ignore[union-attr]
-    elif body is None:
-        body = b""
-    streamed = not isinstance(body, (bytes, bytearray, memoryview))
-    head = encode_command(
-        ResponseCommand(
-            request_id=command.id,
-            status_code=response.status,
-            status_description=reason_phrase(response.status, response.reason),
-            response_headers=response_headers(response.headers, text),
-            body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
-        )
-    )
-    return head, body, streamed
-
-
-async def _fragments(chunks: Any) -> Any:
-    """A streamed response body as websockets fragments: bytes only, no empty ones, at least one."""
-    sent = False
-    async for chunk in chunks:
-        if chunk:
-            sent = True
-            yield bytes(chunk)
-    if not sent:
-        yield b""  # websockets sends nothing for an empty iterable; the service awaits the body message
-
-
-class _RendezvousBody:
-    """The request body arriving on a rendezvous, fragment by fragment (one binary message).
-
-    Iterating yields the fragments as they arrive; a message cut off (the rendezvous closed:
-    the sender went away, or the service gave up) raises :class:`ConnectionLostError`.
-    """
-
-    __slots__ = ("_ws", "_fragments", "done")
-
-    def __init__(self, ws: ClientConnection):
-        self._ws = ws
-        self._fragments: Any = None
-        self.done = False
-
-    def __aiter__(self) -> _RendezvousBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.done:
-            raise StopAsyncIteration
-        if self._fragments is None:
-            self._fragments = self._ws.recv_streaming(decode=False)
-        try:
-            while True:
-                fragment = await self._fragments.__anext__()
-                if fragment:
-                    return fragment if isinstance(fragment, bytes) else bytes(fragment)
-        except StopAsyncIteration:
-            self.done = True
-            raise
-        except websockets.ConnectionClosed as exc:
-            self.done = True
-            rcvd = exc.rcvd
-            detail = f"{rcvd.code} {rcvd.reason}".strip() if rcvd is not None else "no close frame"
-            raise ConnectionLostError(f"the request body was cut off: the rendezvous closed ({detail})") from None
-
-    async def drain(self) -> None:
-        async for _ in self:
-            pass

@@ -113,11 +113,14 @@ class RequestCommand:
 
     Inline requests carry ``method``, ``request_target``, ``request_headers`` and ``body``.
     The address-only form (``method`` and ``body`` both ``None``) tells the listener to
-    open a rendezvous to ``address`` and read the full request there.
+    open a rendezvous to ``address`` and read the full request there. The copy of the request
+    the service sends over a rendezvous may lack ``address`` (and ``id``): both are then
+    ``None`` here, and the listener falls back to the control-channel request's values
+    (.NET ``ListenerCommand`` and Java ``optString`` treat both as optional too).
     """
 
-    address: str
-    id: str
+    address: str | None
+    id: str | None
     request_target: str | None = None
     method: str | None = None
     request_headers: dict[str, str] | None = None
@@ -133,7 +136,11 @@ class RequestCommand:
         return bool(self.body)
 
     def to_json(self) -> dict:
-        inner: dict = {"address": self.address, "id": self.id}
+        inner: dict = {}
+        if self.address is not None:
+            inner["address"] = self.address
+        if self.id is not None:
+            inner["id"] = self.id
         if not self.is_address_only:
             inner["requestTarget"] = self.request_target or "/"
             inner["method"] = self.method
@@ -224,6 +231,15 @@ def _required_str(inner: dict, key: str, command: str) -> str:
     return value
 
 
+def _optional_str(inner: dict, key: str, command: str) -> str | None:
+    value = inner.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"'{command}' command: '{key}' must be a non-empty string when present")
+    return value
+
+
 def _status_code(value: object) -> int:
     # .NET and Node send numbers, the protocol article shows a string: accept both.
     try:
@@ -271,9 +287,12 @@ def decode_command(text: str | bytes) -> Command:
         if target is not None and not isinstance(target, str):
             raise ProtocolError("request 'requestTarget' must be a string")
         headers = inner.get("requestHeaders")
+        address = _optional_str(inner, "address", name)
+        if address is None and method is None and body is None:
+            raise ProtocolError("an address-only 'request' command needs a string 'address'")
         return RequestCommand(
-            address=_required_str(inner, "address", name),
-            id=_required_str(inner, "id", name),
+            address=address,
+            id=_optional_str(inner, "id", name),
             request_target=target,
             method=method,
             request_headers=_str_dict(headers, "requestHeaders") if headers is not None else None,

@@ -52,9 +52,10 @@ class HybridConnectionStream:
     * ``await shutdown()``: half-close. Sends close 1000 ``"Shutdown"`` (as .NET does) and keeps
       reading until the peer closes; :meth:`send` is no longer allowed.
     * ``await close(code=1000, reason="")``: close and wait (up to 10 s) for the peer's answer.
-    * When the peer *shuts down* (close reason ``"Shutdown"``), :meth:`receive` returns ``None``
-      but this side may still :meth:`send`, then :meth:`close`. Any other clean close by the peer
-      is answered at once, as plain WebSockets do, and sending is over.
+    * Any clean close from the other side (1000 or 1001, whatever the reason: the service sends
+      its own close frames, e.g. 1001 when the sender shut down) ends the *receive* side only:
+      :meth:`receive` returns ``None``, and this side may still :meth:`send` until it calls
+      :meth:`close` (as .NET's ``HybridConnectionStream`` does); ``relay send --ws`` relies on it.
     * ``subprotocol``: the negotiated WebSocket subprotocol or ``None``; ``close_code`` /
       ``close_reason``: the peer's close frame, once received.
     * ``id`` is the connection's tracking id; on the listener side ``headers`` holds the sender's
@@ -111,9 +112,9 @@ class HybridConnectionStream:
             self.close_code = msg.data
             self.close_reason = msg.extra or ""
             if msg.data in CLEAN_CLOSE_CODES:
-                if self._shutdown_sent or self.close_reason != SHUTDOWN_REASON:
-                    # A full close (not the peer's half-close): answer it now so the peer's close() returns.
-                    await self._finish(msg.data if msg.data == 1000 else 1000)
+                if self._shutdown_sent:
+                    await self._finish()  # both directions are done
+                # Otherwise a half-close: the send side stays open until close().
                 return None
             await self._finish()
             raise ConnectionLostError(f"the relayed connection was closed with {msg.data} {msg.extra or ''}".strip())

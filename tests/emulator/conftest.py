@@ -6,6 +6,7 @@ import copy
 
 import pytest_asyncio
 
+from emulator.config import LENIENT_PROFILE
 from tests.fixtures.emulator import TEST_CONFIG, start_emulator
 
 FAST_CONFIG = {
@@ -26,3 +27,10 @@ async def fast_emulator():
         # All the bad-input tests run here: whatever they sent, nothing may have crashed.
         log = emu.log_path.read_text()
         assert "Traceback" not in log and " ERROR " not in log, log[-4000:]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def lenient_emulator():
+    """Plain ws:// emulator with every strict-profile key at its lenient value (the pre-issue-9 model)."""
+    async with start_emulator({**copy.deepcopy(TEST_CONFIG), **LENIENT_PROFILE}, tls=False) as emu:
+        yield emu

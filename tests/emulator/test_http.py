@@ -42,7 +42,8 @@ async def test_inline_request_shape_and_response(emulator):
     assert meta["target"] == "/orders/sub/path?a=1&a=2&&sb-hc-flag"
     sent = {k.lower(): v for k, v in meta["headers"].items()}
     assert sent["authorization"] == "Basic keep-me"  # the token came from sb-hc-token, so it stays
-    assert sent["x-multi"] == "1" and sent["host"] == emulator.host
+    # As Azure forwards them: Host without the port, and the service's Via hop in the request.
+    assert sent["x-multi"] == "1" and sent["host"] == "127.0.0.1" and sent["via"] == "1.1 127.0.0.1"
     assert "connection" not in sent and "content-length" not in sent and "servicebusauthorization" not in sent
     cmd, _ = listener.requests[0]
     assert not cmd.is_address_only and cmd.body is True and listener.rendezvous_requests == 0
@@ -100,8 +101,25 @@ async def test_large_response(emulator, size):
     assert status == 201 and body == payload and headers["Via"]
 
 
-async def test_big_response_on_control_channel_and_stray_empty_body(emulator):
-    """hyco-https may stream > 64 KiB on the control channel, and sends an empty body after body:false."""
+async def test_big_response_on_control_channel_refused(emulator):
+    """Strict: a response body over 64 KiB on the control channel is refused: the sender gets 502 and
+    the control channel is closed with 1009 (responses that big must use a rendezvous)."""
+    token = sas_token(emulator, "orders")
+    payload = os.urandom(64 * 1024 + 1)
+    async with TestListener(emulator, "orders", token) as listener:
+        async def answer(cmd, body):
+            await listener.send(p.encode_command(p.ResponseCommand(cmd.id, 200, "OK", {}, True)), payload)
+        listener._serve = answer  # answer straight on the control channel
+        status, _, headers, _ = await _post(emulator, "/orders/big", b"", token=token)
+        assert status == 502 and "Via" not in headers
+        code, _reason = await asyncio.wait_for(listener.closed, 5)
+        assert code == 1009
+
+
+async def test_big_response_on_control_channel_and_stray_empty_body(lenient_emulator):
+    """Lenient profile: > 64 KiB accepted on the control channel; an empty body after body:false is
+    ignored in both profiles (hyco-https sends one)."""
+    emulator = lenient_emulator
     token = sas_token(emulator, "orders")
     payload = os.urandom(100 * 1024)
 

@@ -163,3 +163,57 @@ async def test_hyco_https_listener_with_node_senders(emulator):
         # errors: its control channel stayed up throughout.
         log = watch.text()
         assert "alformed" not in log and "offline" not in log, log[-3000:]
+
+
+_KEEPALIVE_LISTENER = r"""
+const https = require('hyco-https');
+const moment = require('moment');
+const uri = process.env.LISTEN_URI;
+const token = () => https.createRelayToken(uri, process.env.SAS_KEY_NAME, process.env.SAS_KEY);
+const options = { server: uri, token };
+if (process.env.KEEPALIVE_MS) options.keepAliveTimeout = moment.duration(parseInt(process.env.KEEPALIVE_MS, 10));
+const server = https.createRelayedServer(options, (req, res) => { res.end('alive'); });
+server.listen();
+let announced = false;
+server.on('listening', () => { if (!announced) { announced = true; console.log(JSON.stringify({ event: 'listening' })); } });
+server.on('error', () => {});
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
+"""
+
+
+@pytest.mark.parametrize("keepalive_ms", ["250", ""])
+async def test_hyco_https_keepalive_pongs_satisfy_the_idle_timeout(keepalive_ms):
+    """hyco-https's own keep-alive (unsolicited pongs, keepAliveTimeout) keeps its control channel
+    open under the strict idle timeout; without it the channel is dropped and hyco-https
+    reconnects, as Node users see in Azure after about 4 minutes."""
+    from tests.fixtures.emulator import TEST_CONFIG, start_emulator
+
+    async with start_emulator({**TEST_CONFIG, "idleTimeoutSeconds": 0.8}, tls=False) as emu:
+        env = {k: v for k, v in os.environ.items() if k != "NODE_OPTIONS"}
+        env.update(LISTEN_URI=f"{emu.relay}/$hc/orders?sb-hc-action=listen", SAS_KEY_NAME=ROOT, SAS_KEY=emu.sas_key(ROOT),
+                   KEEPALIVE_MS=keepalive_ms, NODE_NO_WARNINGS="1")
+        proc = await asyncio.create_subprocess_exec(
+            "node", "-e", _KEEPALIVE_LISTENER, cwd=str(REPO_ROOT), env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 15)
+            assert json.loads(line or b"{}").get("event") == "listening", line
+            await asyncio.sleep(3.0)  # several idle timeouts
+            log = emu.log_path.read_text()
+            idle_closes = log.count("offline on orders")
+            if keepalive_ms:
+                assert idle_closes == 0, log[-2000:]
+                token = sas_token(emu, "orders")
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"{emu.http}/orders/x", headers={p.HEADER_TOKEN: token}) as r:
+                        assert r.status == 200 and await r.text() == "alive"
+            else:
+                assert idle_closes >= 1
+        finally:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            await proc.wait()

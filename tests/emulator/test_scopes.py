@@ -73,8 +73,12 @@ def test_audience_forms_and_expiry_grace(setup):
     with pytest.raises(AuthError) as info:
         auth.authorize(_token(setup, "bridge", "https://relay.azure.net/other"), "orders", "Listen")
     assert info.value.status == 401 and "InvalidAudience" in info.value.message
-    expired = _token(setup, "bridge", lifetime=1, now=time.time() - 30)  # expired 29 s ago, grace is 60 s
-    auth.authorize(expired, "orders", "Listen")
+    expired = _token(setup, "bridge", lifetime=1, now=time.time() - 30)  # expired 29 s ago
+    with pytest.raises(AuthError) as info:
+        auth.authorize(expired, "orders", "Listen")  # strict default: no grace after exp
+    assert "ExpiredToken" in info.value.message
+    cfg.token_grace_seconds = 60
+    auth.authorize(expired, "orders", "Listen")  # tokenGraceSeconds 60: still accepted
     old = _token(setup, "bridge", lifetime=1, now=time.time() - 300)
     with pytest.raises(AuthError) as info:
         auth.authorize(old, "orders", "Listen")

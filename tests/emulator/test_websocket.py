@@ -8,6 +8,7 @@ import contextlib
 import aiohttp
 import pytest
 import websockets
+from yarl import URL
 
 from relay import protocol as p
 from tests.emulator.drivers import TestListener, handshake_status, hc, sas_token, ws_connect
@@ -56,14 +57,19 @@ async def test_connect_headers_query_suffix_and_no_extensions(emulator):
     assert cmd.remote_endpoint is not None and cmd.remote_endpoint.address == "127.0.0.1"
 
 
-async def test_close_codes_and_half_close(emulator):
+@pytest.mark.parametrize("profile", ["strict", "lenient"])
+async def test_close_codes_and_half_close(request, profile):
+    """Half-close both ways. Strict: each side sees the service's own close frame (1011 for a
+    non-clean code); lenient: the peer's code and reason are forwarded."""
+    emulator = request.getfixturevalue("emulator" if profile == "strict" else "lenient_emulator")
     events: list = []
     done = asyncio.Event()
 
     async def half_closing_listener(cmd, listener):
         # aiohttp with autoclose=False can keep writing after it has received a close frame.
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(cmd.address, ssl=emulator.ssl_context(), autoclose=False) as rdv:
+            # The address byte for byte (yarl would decode its %2f otherwise, and the strict emulator refuses).
+            async with session.ws_connect(URL(cmd.address, encoded=True), ssl=emulator.ssl_context() or True, autoclose=False) as rdv:
                 msg = await rdv.receive()
                 events.append(("data", msg.data))
                 msg = await rdv.receive()
@@ -84,13 +90,45 @@ async def test_close_codes_and_half_close(emulator):
             assert await ws.recv() == b"after-close-2"
             with pytest.raises(websockets.ConnectionClosed):
                 await ws.recv()
-            assert ws.protocol.close_rcvd.code == 4002 and ws.protocol.close_rcvd.reason == "listener done"
+            rcvd = ws.protocol.close_rcvd
+            if profile == "strict":
+                assert (rcvd.code, rcvd.reason) == (1011, "The listener closed the connection with an error.")
+            else:
+                assert rcvd.code == 4002 and rcvd.reason == "listener done"
         await asyncio.wait_for(done.wait(), 5)
     assert events[0] == ("data", "before")
-    assert events[1][1] == aiohttp.WSMsgType.CLOSE and events[1][2:] == (4001, "Shutdown")
+    assert events[1][1] == aiohttp.WSMsgType.CLOSE
+    if profile == "strict":
+        assert events[1][2:] == (1011, "The sender closed the connection with an error.")
+    else:
+        assert events[1][2:] == (4001, "Shutdown")
 
 
-async def test_sender_close_code_reaches_listener(emulator):
+@pytest.mark.parametrize("code, reason, expected", [
+    (1000, "Shutdown", (1001, "The sender closed the connection.")),  # .NET's half-close
+    (4321, "sender says bye", (1011, "The sender closed the connection with an error.")),
+])
+async def test_service_close_codes_on_accept_socket(emulator, code, reason, expected):
+    """Strict: the listener sees the service's close frame (1001 when the sender shuts down), not the sender's."""
+    closes: asyncio.Queue = asyncio.Queue()
+
+    async def recorder(cmd, listener):
+        async with ws_connect(emulator, cmd.address) as rdv:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for _ in rdv:
+                    pass
+            await closes.put((rdv.protocol.close_rcvd.code, rdv.protocol.close_rcvd.reason))
+
+    token = sas_token(emulator, "echo")
+    async with TestListener(emulator, "echo", token, on_accept=recorder):
+        async with ws_connect(emulator, hc(emulator, "echo", "connect"), token) as ws:
+            await ws.close(code=code, reason=reason)
+        assert await asyncio.wait_for(closes.get(), 5) == expected
+
+
+async def test_sender_close_code_reaches_listener(lenient_emulator):
+    """Lenient profile (serviceCloseCodes false): the sender's code and reason are forwarded."""
+    emulator = lenient_emulator
     closes: asyncio.Queue = asyncio.Queue()
 
     async def recorder(cmd, listener):
@@ -234,11 +272,26 @@ async def test_idle_control_channel_dropped_when_configured():
                 assert r.status == 404 and r.reason.startswith(p.MSG_NO_LISTENERS)
         async with TestListener(emu, "orders", sas_token(emu, "orders")) as idle, \
                 TestListener(emu, "orders", sas_token(emu, "orders")) as busy:
-            for _ in range(6):  # pings count as traffic
-                await busy.ws.ping()
+            for _ in range(6):  # unsolicited pongs (the official clients' keep-alive) count as traffic
+                await busy.ws.pong()
                 await asyncio.sleep(0.2)
             code, _ = await asyncio.wait_for(idle.closed, 5)
             assert code == 1001 and not busy.closed.done()
+
+
+@pytest.mark.parametrize("policy", ["close", "answer"])
+async def test_ping_on_control_channel(fast_emulator, lenient_emulator, policy):
+    """Strict (controlPingPolicy close, the default): a PING from the listener closes its control
+    channel with 1008 (a .NET user saw the service drop listeners that ping); answer: a pong comes back."""
+    emu = fast_emulator if policy == "close" else lenient_emulator
+    async with TestListener(emu, "orders", sas_token(emu, "orders")) as listener:
+        waiter = await listener.ws.ping()
+        if policy == "close":
+            code, reason = await asyncio.wait_for(listener.closed, 5)
+            assert code == 1008 and "pong" in reason
+        else:
+            await asyncio.wait_for(waiter, 5)
+            assert not listener.closed.done()
 
 
 async def test_listener_recycle_when_configured():

@@ -169,16 +169,16 @@ async def test_gateway_timeout_is_typed():
 
 async def test_inline_up_to_64k_rendezvous_beyond(emulator, client, monkeypatch):
     """Responses of at most 64 KiB go back on the control channel; one byte more opens a rendezvous."""
-    import relay.listener as listener_module
+    from relay._http_serving import HttpServing
 
     contexts = []
-    real_ws_connect = listener_module.ws_connect
+    real_open = HttpServing._open
 
-    async def spy(session, url, **kwargs):
-        contexts.append(kwargs.get("context"))
-        return await real_ws_connect(session, url, **kwargs)
+    async def spy(self, command):
+        contexts.append("response rendezvous" if not command.is_address_only else "request rendezvous")
+        return await real_open(self, command)
 
-    monkeypatch.setattr(listener_module, "ws_connect", spy)
+    monkeypatch.setattr(HttpServing, "_open", spy)
 
     async def sized(request):
         return RelayedHttpResponse(200, body=pattern(int(request.query_params["n"])))
@@ -191,13 +191,14 @@ async def test_inline_up_to_64k_rendezvous_beyond(emulator, client, monkeypatch)
             assert contexts.count("response rendezvous") == rendezvous, (size, contexts)
 
 
-async def test_slow_handler_answers_504_before_the_service_deadline(emulator, client):
+async def test_slow_handler_answers_503_before_the_service_deadline(emulator, client):
+    """503, not 504: 502 and 504 are the service's own codes (a 504 would look like the service's timeout)."""
     async def slow(request):
         await asyncio.sleep(5)
 
     async with make_listener(emulator, request_handler=slow, handler_timeout=0.3, close_timeout=0.1):
         resp = await client.request("GET", "/slow")
-        assert resp.status == 504 and resp.from_listener
+        assert resp.status == 503 and resp.from_listener
         assert "did not answer in time" in await resp.text()
 
 

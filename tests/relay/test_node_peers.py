@@ -4,8 +4,9 @@ import asyncio
 import hashlib
 
 from relay import RelayedHttpResponse
+from tests.emulator.drivers import LogWatch
 
-from .conftest import MB_PATTERN, make_listener, needs_node, node_listener, run_node, send_uri
+from .conftest import MB_PATTERN, make_client, make_listener, needs_node, node_listener, run_node, send_uri
 
 pytestmark = needs_node
 MB = 1024 * 1024
@@ -69,3 +70,18 @@ async def test_our_request_to_hyco_https_listener(emulator, client):
         resp = await client.request("PUT", "/big", body=body, headers={"X-Response-Size": str(MB)})
         assert resp.status == 200 and resp.headers["x-request-length"] == str(MB)
         assert hashlib.sha256(await resp.read()).digest() == hashlib.sha256(MB_PATTERN(MB)).digest()
+
+
+async def test_hyco_https_serves_later_requests_over_its_rendezvous(emulator):
+    """A large request makes hyco-https open a request rendezvous; the strict emulator pins our
+    client's connection to it, and hyco-https answers the later requests there (as Azure expects)."""
+    watch = LogWatch(emulator)
+    async with node_listener(emulator, "relay_https_listener.js", "orders"), \
+            make_client(emulator, max_connections=1) as client:
+        resp = await client.request("PUT", "/big", body=MB_PATTERN(200_000))
+        assert resp.status == 200 and (await resp.json())["length"] == 200_000
+        for i in range(3):
+            resp = await client.request("POST", f"/later/{i}", body=b"abc")
+            assert resp.status == 200
+            assert await resp.json() == {"method": "POST", "url": f"/orders/later/{i}", "length": 3, "custom": None}
+    assert "dropping the sender's connection" not in watch.text()

@@ -99,7 +99,8 @@ async def test_shutdown_half_close(emulator, client):
         await stream.shutdown()
         assert await server_side.receive() == "last words"
         assert await server_side.receive() is None
-        assert (server_side.close_code, server_side.close_reason) == (1000, "Shutdown")
+        # The service's own close frame (strict emulator), not the sender's "Shutdown": still a half-close.
+        assert server_side.close_code == 1001
         await server_side.send("reply after shutdown")  # the other direction still flows
         await server_side.close()
         assert await stream.receive() == "reply after shutdown"
@@ -107,6 +108,21 @@ async def test_shutdown_half_close(emulator, client):
         with pytest.raises(ConnectionLostError):
             await stream.send("too late")
         await stream.close()
+
+
+async def test_clean_close_from_the_service_ends_the_receive_side_only(emulator, client):
+    """A full close 1000 from the listener reaches the sender as the service's 1000: the sender may
+    still send (half-close, as .NET), and the listener side reads it until it closes."""
+    async with make_listener(emulator) as listener:
+        stream = await client.connect()
+        server_side = await asyncio.wait_for(listener.accept(), 5)
+        await server_side.shutdown()
+        assert await stream.receive() is None and stream.close_code == 1000
+        await stream.send("after the listener closed")
+        assert await server_side.receive() == "after the listener closed"
+        await stream.close()
+        assert await server_side.receive() is None
+        await server_side.close()
 
 
 async def test_error_close_raises(emulator, client):

@@ -1,0 +1,323 @@
+"""The listener's HTTP-serving path: requests in, the handler's responses out.
+
+A request reaches the listener in one of two ways (relay-protocol.md §2.4):
+
+* **inline** on the control channel (JSON + body message): the handler's response goes back on
+  the control channel when it is small and complete, otherwise over a new *response rendezvous*
+  opened to the request's ``address``;
+* **address-only**: the listener opens a *request rendezvous* to ``address`` and the service
+  sends the full request there.
+
+Either way, a rendezvous the listener opened belongs to the sender's TCP connection on the
+service side: the service sends that connection's later requests over it and closes it when the
+sender goes away (and drops the sender's connection if the listener closes it first). So an
+open rendezvous keeps serving ``request`` messages until the service closes it, as hyco-https
+does. The copy of a request on a rendezvous may lack ``address`` and ``id``; they default to the
+request that opened the rendezvous.
+
+Rendezvous sockets are :class:`relay._rendezvous.RendezvousSocket`: raw frames over the
+listener's aiohttp session (the one WebSocket stack of the listener), so a large body reaches the
+handler fragment by fragment as it arrives, a command and its body leave in one write, and the
+address is used byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from ._rendezvous import RendezvousClosed, RendezvousSocket
+from .errors import ConnectionLostError, RelayError
+from .protocol import INLINE_LIMIT, ProtocolError, RequestCommand, ResponseCommand, decode_command, encode_command
+from .relayed_http import RelayedHttpRequest, RelayedHttpResponse, reason_phrase, response_headers
+
+if TYPE_CHECKING:
+    from .listener import HybridConnectionListener
+
+_log = logging.getLogger("relay.listener")
+
+MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
+MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
+MSG_HANDLER_TIMEOUT = "The listener RequestHandler did not answer in time."
+MSG_SHUTTING_DOWN = "The listener is shutting down."
+HANDLER_TIMEOUT_STATUS = 503
+"""Status of a handler that did not answer in time: 502 and 504 are the service's own codes."""
+
+RENDEZVOUS_OPEN_TIMEOUT = 20.0
+"""Seconds to open a rendezvous (.NET's AcceptTimeout)."""
+
+
+class HttpServing:
+    """Serves HTTP requests for one :class:`~relay.listener.HybridConnectionListener`."""
+
+    def __init__(self, listener: HybridConnectionListener):
+        self._listener = listener
+        self._channels: dict[RendezvousSocket, bool] = {}  # open rendezvous -> busy with an exchange
+
+    # -- entry points --------------------------------------------------------------------------
+
+    async def on_request(self, control: Any, command: RequestCommand, body: bytes | None) -> None:
+        """A ``request`` from the control channel (``body``: its inline body, if any)."""
+        if command.is_address_only:
+            ws = await self._open(command)
+            if ws is not None:
+                await self._serve_channel(ws, command)
+            return
+        lst = self._listener
+        request = RelayedHttpRequest(
+            command.method or "GET",
+            command.request_target or "/",
+            command.request_headers,
+            body or b"",
+            command.id or "",
+            command.remote_endpoint,
+            lst._address.entity,
+        )
+        response = await self.invoke(request)
+        head, payload, streamed = encode_response(command.id or "", response)
+        if not streamed and len(payload) <= INLINE_LIMIT and control is not None and not control.closed:
+            try:
+                await lst._send_control(control, head, payload or None)
+                return
+            except (ConnectionError, RuntimeError, RelayError):
+                pass  # the control channel just dropped: the request's rendezvous address still works
+            except Exception as exc:  # aiohttp.ClientError and friends
+                _log.debug("control channel write failed (%s); answering over a rendezvous", type(exc).__name__)
+        ws = await self._open(command)
+        if ws is None:
+            _log.warning("could not deliver the response to request %s: the rendezvous failed", command.id)
+            return
+        self._channels[ws] = True
+        try:
+            await self._send_response(ws, head, payload, streamed)
+        except Exception as exc:
+            _log.warning("could not deliver the response to request %s: %s", command.id, exc)
+            await self._close(ws, 1011, "Response failed")
+            return
+        finally:
+            self._channels[ws] = False
+        await self._serve_channel(ws, command)
+
+    async def invoke(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
+        """Run the request handler: its response, or 500/501/503 as .NET answers."""
+        lst = self._listener
+        if lst._closing:
+            return RelayedHttpResponse(503, body=MSG_SHUTTING_DOWN)
+        handler = lst.request_handler
+        if handler is None:
+            return RelayedHttpResponse(501, body=MSG_NO_HANDLER)
+        try:
+            result = handler(request)
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(lst._handler_timeout):  # no extra task, unlike wait_for
+                    result = await result
+        except TimeoutError:
+            _log.error("request handler did not answer %s %s within %g s", request.method, request.target, lst._handler_timeout)
+            return RelayedHttpResponse(HANDLER_TIMEOUT_STATUS, body=MSG_HANDLER_TIMEOUT)
+        except Exception:
+            _log.exception("request handler failed for %s %s", request.method, request.target)
+            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
+        if result is None:
+            return RelayedHttpResponse(200)
+        if not isinstance(result, RelayedHttpResponse):
+            _log.error("request handler returned %s, not a RelayedHttpResponse", type(result).__name__)
+            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
+        if not 100 <= result.status <= 999:  # the protocol carries 100-999 only; anything else would strand the sender
+            _log.error("request handler returned status %d for %s %s", result.status, request.method, request.target)
+            return RelayedHttpResponse(500, body=MSG_HANDLER_FAILED)
+        return result
+
+    async def close_idle(self) -> None:
+        """Listener closing: close the rendezvous sockets waiting for a next request; busy ones
+        close after their exchange."""
+        for ws, busy in list(self._channels.items()):
+            if not busy:
+                await self._close(ws, 1000, "Normal Closure")
+
+    # -- rendezvous ------------------------------------------------------------------------------
+
+    async def _open(self, command: RequestCommand) -> RendezvousSocket | None:
+        """Open the request's rendezvous, its address byte for byte."""
+        session = self._listener._session
+        if session is None or session.closed:
+            return None
+        try:
+            result = await RendezvousSocket.open(session, command.address or "", timeout=RENDEZVOUS_OPEN_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            # Never the URL: its query holds the rendezvous secret.
+            _log.warning("request rendezvous for %s failed: %s", command.id, type(exc).__name__)
+            return None
+        if isinstance(result, tuple):
+            _log.warning("request rendezvous for %s refused: %d %s", command.id, result[0], result[1])
+            return None
+        return result
+
+    async def _serve_channel(self, ws: RendezvousSocket, origin: RequestCommand) -> None:
+        """Serve every ``request`` the service sends on ``ws`` until it closes the socket.
+
+        The first request on an address-only rendezvous must come within the operation timeout;
+        after that the socket waits as long as the service keeps it (the sender's connection).
+        """
+        lst = self._listener
+        first = origin.is_address_only
+        self._channels[ws] = False
+        try:
+            while not lst._closing:
+                try:
+                    if first:
+                        message = await asyncio.wait_for(ws.recv_message(), lst._operation_timeout)
+                    else:
+                        message = await ws.recv_message()
+                except RendezvousClosed:
+                    return
+                except asyncio.TimeoutError:
+                    _log.warning("request %s: the service sent no request over its rendezvous", origin.id)
+                    return
+                if not isinstance(message, str):
+                    continue  # a stray binary message: not a command
+                try:
+                    full = decode_command(message)
+                except ProtocolError as exc:
+                    _log.warning("ignored a malformed message on a request rendezvous: %s", exc)
+                    continue
+                if type(full) is not RequestCommand or full.method is None:
+                    if full.has_body:  # some other command with a body: skip both
+                        await ws.recv_message()
+                    continue
+                self._channels[ws] = True
+                ok = await self._serve_one(ws, full, origin if first else None)
+                self._channels[ws] = False
+                first = False
+                if not ok:
+                    return
+        except RendezvousClosed:
+            return
+        finally:
+            self._channels.pop(ws, None)
+            await self._close(ws, 1000, "Normal Closure")
+
+    async def _serve_one(self, ws: RendezvousSocket, full: RequestCommand, origin: RequestCommand | None) -> bool:
+        """One exchange on a rendezvous. False when the socket can carry no more."""
+        lst = self._listener
+        request_id = full.id or (origin.id if origin is not None else None) or ""
+        body: RendezvousBody | None = RendezvousBody(ws) if full.has_body else None
+        request = RelayedHttpRequest(
+            full.method or "GET",
+            full.request_target or "/",
+            full.request_headers,
+            b"",
+            request_id,
+            full.remote_endpoint,
+            lst._address.entity,
+            stream=body,
+        )
+        try:
+            if body is not None and not lst.stream_request_body:
+                # Default: the handler sees a complete request (``request.body`` valid); a body cut
+                # off mid-way never reaches it (ConnectionLostError, logged below).
+                await asyncio.wait_for(request.read(), lst._operation_timeout)
+            response = await self.invoke(request)
+            head, payload, streamed = encode_response(request_id, response)
+            await self._send_response(ws, head, payload, streamed)
+            if body is not None and not body.done:
+                # The handler did not read (all of) the body: discard the rest before the next request.
+                await asyncio.wait_for(body.drain(), lst._operation_timeout)
+            return True
+        except (ProtocolError, asyncio.TimeoutError, RendezvousClosed, ConnectionError, RelayError, RuntimeError) as exc:
+            _log.warning("request %s over rendezvous failed: %s", request_id,
+                         type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc)
+        except Exception:
+            # e.g. a streamed response body whose iterator failed: the message is cut off, so the
+            # socket can carry nothing more (closed with 1011 by the caller).
+            _log.exception("request %s over rendezvous failed", request_id)
+            await self._close(ws, 1011, "Response failed")
+        return False
+
+    @staticmethod
+    async def _send_response(ws: RendezvousSocket, head: str, payload: Any, streamed: bool) -> None:
+        if streamed:
+            await ws.send_command(head)
+            await ws.send_stream(_chunks(payload))
+        else:
+            await ws.send_command(head, payload or None)
+
+    @staticmethod
+    async def _close(ws: RendezvousSocket, code: int, reason: str) -> None:
+        try:
+            await ws.close(code=code, reason=reason)
+        except Exception:
+            pass
+
+
+def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str, Any, bool]:
+    """The ``response`` JSON, the body (bytes, or an async iterable when streamed) and whether it is streamed."""
+    body = response.body
+    text = isinstance(body, str)
+    if text:
+        body = body.encode("utf-8")  # type: ignore[union-attr]
+    elif body is None:
+        body = b""
+    streamed = not isinstance(body, (bytes, bytearray, memoryview))
+    head = encode_command(
+        ResponseCommand(
+            request_id=request_id,
+            status_code=response.status,
+            status_description=reason_phrase(response.status, response.reason),
+            response_headers=response_headers(response.headers, text),
+            body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
+        )
+    )
+    return head, body, streamed
+
+
+async def _chunks(chunks: Any) -> Any:
+    """A streamed response body's chunks as bytes (``str`` chunks UTF-8 encoded)."""
+    async for chunk in chunks:
+        yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+
+
+class RendezvousBody:
+    """The request body arriving on a rendezvous, fragment by fragment (one binary message).
+
+    Iterating yields the fragments as they arrive; a message cut off (the rendezvous closed:
+    the sender went away, or the service gave up) raises :class:`ConnectionLostError`.
+    """
+
+    __slots__ = ("_ws", "_fragments", "done")
+
+    def __init__(self, ws: RendezvousSocket):
+        self._ws = ws
+        self._fragments: Any = None
+        self.done = False
+
+    def __aiter__(self) -> RendezvousBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.done:
+            raise StopAsyncIteration
+        if self._fragments is None:
+            self._fragments = self._ws.body_fragments()
+        try:
+            while True:
+                fragment = await self._fragments.__anext__()
+                if fragment:
+                    return fragment
+        except StopAsyncIteration:
+            self.done = True
+            raise
+        except RendezvousClosed as exc:
+            self.done = True
+            detail = f"{exc.code} {exc.reason}".strip() if exc.code is not None else "no close frame"
+            raise ConnectionLostError(f"the request body was cut off: the rendezvous closed ({detail})") from None
+
+    async def drain(self) -> None:
+        async for _ in self:
+            pass
+
+
+__all__ = ["HttpServing", "RendezvousBody", "encode_response"]
