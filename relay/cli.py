@@ -258,6 +258,18 @@ async def _echo_ws(stream: Any) -> None:
             await stream.send(message)
 
 
+# -- agent --------------------------------------------------------------------------------------
+
+
+async def cmd_agent(args: argparse.Namespace) -> int:
+    from .agent import ConfigError, serve
+
+    try:
+        return await serve(args.config, log_format=args.log_format, check_only=args.check)
+    except ConfigError as exc:
+        raise CliError(f"{exc}\nsee deploy/agent.example.toml and docs/agent.md") from None
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -294,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--header", "-H", action="append", help="extra header 'Name: value' (repeatable)")
     send.add_argument("--timeout", type=float, default=70.0, help="seconds to wait (default 70)")
     send.set_defaults(func=cmd_send)
+
+    agent = sub.add_parser("agent", help="serve many hybrid connections from one config file (production agent)")
+    agent.add_argument("--config", required=True, metavar="FILE", help="TOML file, see deploy/agent.example.toml")
+    agent.add_argument("--log-format", choices=("text", "json"), help="override agent.log_format (default text)")
+    agent.add_argument("--check", action="store_true",
+                       help="validate the file and probe every target, then exit (0: fine, 1: a target is unreachable)")
+    agent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    agent.set_defaults(func=cmd_agent)
 
     token = sub.add_parser("token", help="show which credential is used and when its token expires (never the token)")
     common(token)

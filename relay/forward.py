@@ -139,7 +139,10 @@ class ForwardObserver:
         pass
 
     def websocket_closed(self, stream_id: str, status: int, bytes_in: int, bytes_out: int) -> None:
-        pass
+        """A stream that :meth:`websocket_opened` reported has ended (``status`` 101, or 502: local service failed)."""
+
+    def websocket_refused(self, stream_id: str, status: int) -> None:
+        """A WebSocket sender was rejected at accept (400 path, 403 not allowed or off, 503 limit)."""
 
 
 @dataclass
@@ -309,7 +312,7 @@ class Forwarder:
         _log.warning("WebSocket refused: %s", reason, extra={"fields": {
             "event": "websocket_refused", "connection": self.connection, "request_id": ctx.id,
             "status": ctx.status_code, "reason": reason}})
-        self.observer.websocket_closed(ctx.id, int(ctx.status_code or 400), 0, 0)
+        self.observer.websocket_refused(ctx.id, int(ctx.status_code or 400))
         return False
 
     def spawn_pipe(self, stream: Any) -> asyncio.Task:
