@@ -229,19 +229,21 @@ def _validate(data: dict[str, Any], environ: Mapping[str, str], problems: list[s
             continue
         if isinstance(raw.get("name"), str):
             where = f"connections[{raw['name']}]"
+        raw_name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else _entity_of(raw.get("address"))
+        if raw_name:
+            if raw_name.lower() in names:
+                problems.append(f"{where}.name: duplicate connection name {raw_name!r} (also {names[raw_name.lower()]})")
+                continue
+            names[raw_name.lower()] = where
         before = len(problems)
         conn = _connection(raw, where, environ, problems)
         if conn is None or len(problems) > before:
             continue
-        if conn.name.lower() in names:
-            problems.append(f"{where}.name: duplicate connection name {conn.name!r} (also {names[conn.name.lower()]})")
-            continue
-        key = conn.address.lower()
+        key = conn.address.rstrip("/").lower()
         if key in addresses:
             problems.append(f"{where}.address: {conn.address} is already served by {addresses[key]}; "
                             "one agent listens once per hybrid connection")
             continue
-        names[conn.name.lower()] = where
         addresses[key] = where
         connections.append(conn)
     if problems:
@@ -283,7 +285,10 @@ def _connection(raw: dict[str, Any], where: str, environ: Mapping[str, str], pro
             else:
                 try:
                     cs = parse_connection_string(environ[var])
-                    cs_address = cs.address(_entity_of(address) if address else None)
+                    if cs.entity_path:
+                        cs_address = cs.address()
+                    else:
+                        cs_address = cs.address(_entity_of(address) if address else None)
                 except ValueError as exc:
                     problems.append(f"{where}.credential.connection_string_env: {var}: {exc}")
                 else:
