@@ -61,3 +61,21 @@ def test_image_requirements_match_the_project_pins():
         if "==" in line and not line.startswith("#"):
             pkg, _, version = line.partition("==")
             assert pins.get(pkg.strip().lower()) == version.strip(), f"{pkg} differs from the project's pin"
+
+
+def test_relay_commands_in_docs_agent_md_parse():
+    """Every ``python -m relay ...`` command in docs/agent.md is accepted by the CLI's parser.
+
+    (The "Try it against the local emulator" block was also run by hand, as written, on this machine.)
+    """
+    import re
+    import shlex
+
+    from relay.cli import build_parser
+
+    text = (REPO_ROOT / "docs" / "agent.md").read_text()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
+    commands = re.findall(r"python -m relay ([^|&\n]+)", blocks)
+    assert len(commands) >= 4
+    for command in commands:
+        build_parser().parse_args(shlex.split(command))
