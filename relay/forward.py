@@ -36,6 +36,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from . import tracing
 from .listener import AcceptContext, RelayedHttpRequest, RelayedHttpResponse
 from .paths import CanonicalPath, PathError, canonical_path, url_with_path
 from .protocol import HEADER_TOKEN, HOP_BY_HOP_HEADERS
@@ -44,7 +48,7 @@ __all__ = ["ForwardObserver", "ForwardTarget", "Forwarder", "TargetError", "pars
 
 _log = logging.getLogger("relay.forward")
 
-_SKIP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {"host", HEADER_TOKEN.lower()}
+_SKIP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {"host", HEADER_TOKEN.lower()} | tracing.TRACE_HEADERS
 _SKIP_WS_HEADERS = _SKIP_REQUEST_HEADERS | {
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept",
 }
@@ -220,7 +224,20 @@ class Forwarder:
     # -- HTTP -----------------------------------------------------------------------------------
 
     async def handle(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
-        """Answer one relayed HTTP request from the local service (or 400/403/502/503/504)."""
+        """Answer one relayed HTTP request from the local service (or 400/403/502/503/504).
+
+        Runs in an ``agent forward`` span whose parent is the sender's ``traceparent`` (if any);
+        the local service gets this span's ``traceparent``.
+        """
+        attributes = {"http.request.method": request.method, "relay.connection": self.connection,
+                      "relay.request_id": request.id}
+        with tracing.span(tracing.AGENT_FORWARD, kind=SpanKind.SERVER, context=tracing.extract(request.headers),
+                          attributes=attributes) as current:
+            response = await self._handle(request)
+            tracing.set_http_status(current, response.status)
+            return response
+
+    async def _handle(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
         started = time.monotonic()
         bytes_in = 0
         try:
@@ -238,6 +255,7 @@ class Forwarder:
         self._in_flight += 1
         assert self._session is not None, "call start() first"
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST_HEADERS]
+        headers += tracing.inject().items()  # this span's trace context (the sender's was dropped with the skip list)
         contacted = time.monotonic()
         try:
             async with asyncio.timeout(self.target.timeout):
@@ -281,6 +299,9 @@ class Forwarder:
                   "bytes_in": bytes_in, "bytes_out": bytes_out}
         if note:
             fields["reason"] = note
+        trace_id = trace.get_current_span().get_span_context().trace_id
+        if trace_id:
+            fields["trace_id"] = f"{trace_id:032x}"  # find the request's trace from its log line
         level = logging.WARNING if response.status >= 500 or note else logging.INFO
         _log.log(level, "%s %s -> %d", request.method, _loggable_path(request.target), response.status,
                  extra={"fields": fields})
@@ -333,13 +354,25 @@ class Forwarder:
         self._websockets += 1
         self.observer.websocket_opened(stream.id)
         counts = [0, 0]
-        status = 101
-        headers = [(k, v) for k, v in (getattr(stream, "headers", None) or {}).items() if k.lower() not in _SKIP_WS_HEADERS]
+        sender_headers = getattr(stream, "headers", None) or {}
+        headers = [(k, v) for k, v in sender_headers.items() if k.lower() not in _SKIP_WS_HEADERS]
         protocols = (stream.subprotocol,) if getattr(stream, "subprotocol", None) else ()
         fields = {"event": "websocket", "connection": self.connection, "request_id": stream.id}
         started = time.monotonic()
+        with tracing.span(tracing.AGENT_FORWARD, kind=SpanKind.SERVER, context=tracing.extract(sender_headers),
+                          attributes={"relay.connection": self.connection, "relay.request_id": stream.id,
+                                      "relay.websocket": True}) as current:
+            headers += tracing.inject().items()
+            status = await self._pipe(stream, pending.url, headers, protocols, counts, fields)
+            tracing.set_http_status(current, status)
+        _log.info("WebSocket closed", extra={"fields": {**fields, "status": status, "bytes_in": counts[0],
+                                                        "bytes_out": counts[1],
+                                                        "duration_ms": round((time.monotonic() - started) * 1000, 1)}})
+
+    async def _pipe(self, stream: Any, url: URL, headers: list, protocols: tuple, counts: list[int], fields: dict) -> int:
+        status = 101
         try:
-            async with self._session.ws_connect(pending.url, headers=headers, protocols=protocols, autoping=True,
+            async with self._session.ws_connect(url, headers=headers, protocols=protocols, autoping=True,
                                                 timeout=aiohttp.ClientWSTimeout(ws_close=5)) as local:
                 _log.info("WebSocket opened", extra={"fields": {**fields, "status": 101}})
 
@@ -379,9 +412,7 @@ class Forwarder:
         finally:
             self._websockets -= 1
             self.observer.websocket_closed(stream.id, status, counts[0], counts[1])
-        _log.info("WebSocket closed", extra={"fields": {**fields, "status": status, "bytes_in": counts[0],
-                                                        "bytes_out": counts[1],
-                                                        "duration_ms": round((time.monotonic() - started) * 1000, 1)}})
+        return status
 
 
 def _loggable_path(target: str) -> str:

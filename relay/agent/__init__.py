@@ -26,6 +26,7 @@ from .health import HealthServer
 from .logs import setup_logging
 from .metrics import AgentMetrics
 from .runner import Agent, ConnectionRunner
+from .telemetry import setup_tracing
 
 __all__ = ["Agent", "AgentConfig", "AgentMetrics", "ConfigError", "ConnectionRunner", "HealthServer", "load_config",
            "check_targets", "serve"]
@@ -68,6 +69,7 @@ async def serve(path: str, *, log_format: str | None = None, check_only: bool = 
               + ("all targets reachable" if not unreachable else f"{len(unreachable)} target(s) unreachable"), file=sys.stderr)
         return 1 if unreachable else 0
     setup_logging(log_format or config.log_format, config.log_level)
+    provider = setup_tracing(config.tracing_exporter, config.tracing_service_name)
     for key, problem in unreachable.items():
         # The local service may start after the agent (service ordering); requests get 502 until it does.
         _log.warning("%s: %s", key, problem, extra={"fields": {"event": "target_unreachable", "key": key}})
@@ -128,6 +130,8 @@ async def serve(path: str, *, log_format: str | None = None, check_only: bool = 
             loop.remove_signal_handler(sig)
         if health is not None:
             await health.stop()
+        if provider is not None:
+            provider.shutdown()  # flush the spans still in the batch
     _log.info("stopped", extra={"fields": {"event": "exit", "status": 0}})
     return 0
 

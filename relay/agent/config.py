@@ -4,6 +4,7 @@ Layout (see ``deploy/agent.example.toml`` for every key with comments)::
 
     [agent]            log_format, log_level, drain_timeout
     [health]           enabled, host, port
+    [tracing]          exporter (none | console | otlp), service_name
     [[connections]]    name, address, target, allow_paths, websockets, timeout, connect_timeout,
                        max_concurrency, max_websockets, ca_file
     [connections.credential]   type and its keys
@@ -44,6 +45,8 @@ CREDENTIAL_TYPES = ("managed_identity", "workload_identity", "client_secret", "c
 
 _AGENT_KEYS = {"log_format": str, "log_level": str, "drain_timeout": (int, float)}
 _HEALTH_KEYS = {"enabled": bool, "host": str, "port": int}
+_TRACING_KEYS = {"exporter": str, "service_name": str}
+TRACING_EXPORTERS = ("none", "console", "otlp")
 _CONNECTION_KEYS = {
     "name": str, "address": str, "target": str, "allow_paths": list, "websockets": bool, "timeout": (int, float),
     "connect_timeout": (int, float), "max_concurrency": int, "max_websockets": int, "ca_file": str, "credential": dict,
@@ -100,6 +103,8 @@ class AgentConfig:
     health_enabled: bool = False
     health_host: str = "127.0.0.1"
     health_port: int = 9090
+    tracing_exporter: str = "none"
+    tracing_service_name: str = "relay-agent"
 
 
 def env_name(connection_name: str) -> str:
@@ -126,7 +131,7 @@ def _apply_overrides(data: dict[str, Any], environ: Mapping[str, str], problems:
             continue
         parts = var[len(ENV_PREFIX):].lower().split("__")
         value = _parse_env_value(environ[var])
-        if len(parts) == 2 and parts[0] in ("agent", "health"):
+        if len(parts) == 2 and parts[0] in ("agent", "health", "tracing"):
             data.setdefault(parts[0], {})
             if isinstance(data[parts[0]], dict):
                 data[parts[0]][parts[1]] = value
@@ -195,7 +200,16 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> AgentCon
 
 
 def _validate(data: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> AgentConfig | None:
-    _check_types(data, {"agent": dict, "health": dict, "connections": list}, "(top level)", problems)
+    _check_types(data, {"agent": dict, "health": dict, "tracing": dict, "connections": list}, "(top level)", problems)
+    tracing = data.get("tracing", {}) if isinstance(data.get("tracing"), dict) else {}
+    _check_types(tracing, _TRACING_KEYS, "tracing", problems)
+    exporter = tracing.get("exporter", "none")
+    if exporter not in TRACING_EXPORTERS:
+        problems.append(f"tracing.exporter: {exporter!r} is not one of {', '.join(TRACING_EXPORTERS)}")
+    elif exporter != "none":
+        problem = tracing_unavailable(exporter)
+        if problem:
+            problems.append(f"tracing.exporter: {problem}")
     agent = data.get("agent", {}) if isinstance(data.get("agent"), dict) else {}
     health = data.get("health", {}) if isinstance(data.get("health"), dict) else {}
     _check_types(agent, _AGENT_KEYS, "agent", problems)
@@ -249,7 +263,25 @@ def _validate(data: dict[str, Any], environ: Mapping[str, str], problems: list[s
     if problems:
         return None
     return AgentConfig(tuple(connections), log_format, log_level, float(drain), bool(health.get("enabled", False)),
-                       str(health.get("host", "127.0.0.1")), port)
+                       str(health.get("host", "127.0.0.1")), port, exporter, str(tracing.get("service_name", "relay-agent")))
+
+
+def tracing_unavailable(exporter: str) -> str | None:
+    """Why ``exporter`` cannot be used in this installation (a package is missing), or ``None``."""
+    import importlib.util
+
+    def missing(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # a parent package is missing
+            return True
+
+    if missing("opentelemetry.sdk"):
+        return f"{exporter!r} needs the OpenTelemetry SDK: pip install opentelemetry-sdk"
+    if exporter == "otlp" and missing("opentelemetry.exporter.otlp.proto.http"):
+        return ("'otlp' needs the OTLP exporter: pip install opentelemetry-exporter-otlp-proto-http "
+                "(the version matching opentelemetry-sdk); endpoint from OTEL_EXPORTER_OTLP_ENDPOINT")
+    return None
 
 
 def _connection(raw: dict[str, Any], where: str, environ: Mapping[str, str], problems: list[str]) -> ConnectionConfig | None:
