@@ -20,8 +20,10 @@ answer within ``timeout`` seconds gives the sender **504**, well inside the serv
 deadline; one that refuses the connection gives **502**. More than ``max_concurrency`` requests
 in flight get **503** with ``Retry-After: 1``.
 
-Headers: hop-by-hop headers, ``Host`` and the Relay token header are not forwarded. Bodies are
-read whole (requests and responses); nothing of a body is ever logged.
+Headers: hop-by-hop headers, ``Host`` and the Relay token header are not forwarded; W3C trace
+headers are replaced by the forwarder's own span's (:mod:`relay.tracing`). Request bodies are read
+whole; responses up to 64 KiB with a known length are read whole, larger or unknown-length ones
+stream through. Nothing of a body is ever logged.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -53,6 +55,9 @@ _SKIP_WS_HEADERS = _SKIP_REQUEST_HEADERS | {
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept",
 }
 _SKIP_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS
+STREAM_THRESHOLD = 64 * 1024
+"""Local responses up to this size (with a Content-Length) are read whole; larger or unknown-length ones stream."""
+STREAM_CHUNK = 64 * 1024
 MAX_TIMEOUT = 55.0
 """The service gives a listener 60 s; the forwarder must answer (504 at worst) before that."""
 
@@ -152,6 +157,8 @@ class ForwardObserver:
 @dataclass
 class _Pending:
     url: URL
+    local: aiohttp.ClientWebSocketResponse
+    span: Any
     created: float = field(default_factory=time.monotonic)
 
 
@@ -185,7 +192,8 @@ class Forwarder:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.target.connect_timeout),
+                # sock_read bounds every wait for the local service, including mid-body while streaming.
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.target.connect_timeout, sock_read=self.target.timeout),
                 cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not keep one sender's cookies for the next
             )
 
@@ -257,22 +265,33 @@ class Forwarder:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST_HEADERS]
         headers += tracing.inject().items()  # this span's trace context (the sender's was dropped with the skip list)
         contacted = time.monotonic()
+        resp: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(self.target.timeout):
                 body = await request.read()
                 bytes_in = len(body)
                 contacted = time.monotonic()
-                async with self._session.request(request.method, url, headers=headers, data=body or None,
-                                                 allow_redirects=False) as resp:
-                    out = await resp.read()
-                    out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in _SKIP_RESPONSE_HEADERS]
-                    status, reason = resp.status, resp.reason
+                resp = await self._session.request(request.method, url, headers=headers, data=body or None,
+                                                   allow_redirects=False)
+                out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in _SKIP_RESPONSE_HEADERS]
+                status, reason = resp.status, resp.reason
+                length = resp.content_length
+                small = length is not None and length <= STREAM_THRESHOLD
+                out = await resp.read() if small or not 200 <= status <= 599 else None
             if not 200 <= status <= 599:
                 # Informational or out-of-range answers cannot be relayed as a final response.
                 response = RelayedHttpResponse(502, {"Content-Type": "text/plain; charset=utf-8"},
                                                f"The local service answered with status {status}, which cannot be relayed.")
-            else:
+            elif out is not None:
                 response = RelayedHttpResponse(status, out_headers, out, reason)
+            else:
+                # Large or unknown-length bodies stream through (the listener sends them over a rendezvous);
+                # the log line and byte counts follow when the last chunk has gone.
+                seconds = time.monotonic() - contacted
+                response = RelayedHttpResponse(status, out_headers, self._stream(resp, request, status, bytes_in, seconds,
+                                                                                 started), reason)
+                resp = None  # the stream owns it now
+                return response
         except TimeoutError:
             response = RelayedHttpResponse(504, {"Content-Type": "text/plain; charset=utf-8"},
                                            f"The local service did not answer within {self.target.timeout:g} s.")
@@ -281,8 +300,25 @@ class Forwarder:
                                            f"The local service did not answer: {type(exc).__name__}.")
         finally:
             self._in_flight -= 1
+            if resp is not None:
+                resp.release()
         self._done(request, response, bytes_in, time.monotonic() - contacted, started)
         return response
+
+    async def _stream(self, resp: aiohttp.ClientResponse, request: RelayedHttpRequest, status: int, bytes_in: int,
+                      seconds: float, started: float) -> AsyncIterator[bytes]:
+        sent = 0
+        note = None
+        try:
+            async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
+                sent += len(chunk)
+                yield chunk
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            note = f"the local service broke off the body: {type(exc).__name__}"
+            raise
+        finally:
+            resp.release()
+            self._done(request, RelayedHttpResponse(status), bytes_in, seconds, started, note=note, bytes_out=sent)
 
     def _refuse(self, request: RelayedHttpRequest, status: int, message: str, started: float) -> RelayedHttpResponse:
         response = RelayedHttpResponse(status, {"Content-Type": "text/plain; charset=utf-8"}, message)
@@ -290,9 +326,10 @@ class Forwarder:
         return response
 
     def _done(self, request: RelayedHttpRequest, response: RelayedHttpResponse, bytes_in: int, seconds: float | None,
-              started: float, note: str | None = None) -> None:
-        body = response.body
-        bytes_out = len(body.encode("utf-8") if isinstance(body, str) else body) if isinstance(body, (bytes, bytearray, str)) else 0
+              started: float, note: str | None = None, bytes_out: int | None = None) -> None:
+        if bytes_out is None:
+            body = response.body
+            bytes_out = len(body.encode("utf-8") if isinstance(body, str) else body) if isinstance(body, (bytes, bytearray, str)) else 0
         self.observer.request_done(request.id, request.method, response.status, bytes_in, bytes_out, seconds)
         fields = {"event": "request", "connection": self.connection, "request_id": request.id, "method": request.method,
                   "status": response.status, "duration_ms": round((time.monotonic() - started) * 1000, 1),
@@ -308,11 +345,15 @@ class Forwarder:
 
     # -- WebSocket ------------------------------------------------------------------------------
 
-    def accept(self, ctx: AcceptContext) -> bool:
-        """The listener's ``accept_handler``: admit a WebSocket sender only if its path may be forwarded."""
-        now = time.monotonic()
-        for key in [k for k, p in self._pending.items() if now - p.created > 120]:
-            del self._pending[key]  # accepted by us but never delivered by the listener
+    async def accept(self, ctx: AcceptContext) -> bool:
+        """The listener's ``accept_handler``: admit a WebSocket sender only if its path may be forwarded
+        and the local service takes the WebSocket.
+
+        The local WebSocket is opened here, before the sender is accepted, so a local service that
+        is down rejects the sender with 502 (not an accepted stream that closes at once), and the
+        subprotocol the local service picked is the one the sender gets.
+        """
+        self._prune()
         reason: str | None = None
         if not self.target.websockets:
             ctx.status_code, reason = 403, "WebSocket forwarding is off for this connection"
@@ -327,14 +368,48 @@ class Forwarder:
             except PermissionError as exc:
                 ctx.status_code, reason = 403, str(exc)
             else:
-                self._pending[ctx.id] = _Pending(url)
-                return True
+                reason = await self._open_local(ctx, url)
+                if reason is None:
+                    return True
+                ctx.status_code = 502
         ctx.status_description = reason
         _log.warning("WebSocket refused: %s", reason, extra={"fields": {
             "event": "websocket_refused", "connection": self.connection, "request_id": ctx.id,
             "status": ctx.status_code, "reason": reason}})
         self.observer.websocket_refused(ctx.id, int(ctx.status_code or 400))
         return False
+
+    async def _open_local(self, ctx: AcceptContext, url: URL) -> str | None:
+        """Connect the local WebSocket for ``ctx``; ``None`` when done, else why not (for the rejection)."""
+        assert self._session is not None, "call start() first"
+        span = tracing.tracer().start_span(
+            tracing.AGENT_FORWARD, context=tracing.extract(ctx.headers), kind=SpanKind.SERVER,
+            attributes={"relay.connection": self.connection, "relay.request_id": ctx.id, "relay.websocket": True})
+        headers = [(k, v) for k, v in ctx.headers.items() if k.lower() not in _SKIP_WS_HEADERS]
+        headers += tracing.inject(context=trace.set_span_in_context(span)).items()
+        try:
+            async with asyncio.timeout(self.target.connect_timeout):
+                local = await self._session.ws_connect(url, headers=headers, protocols=tuple(ctx.subprotocols),
+                                                       autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status = getattr(exc, "status", None)
+            reason = f"local service unavailable: {type(exc).__name__}" + (f" {status}" if status else "")
+            tracing.set_http_status(span, 502)
+            span.end()
+            return reason
+        ctx.subprotocol = local.protocol
+        self._pending[ctx.id] = _Pending(url, local, span)
+        return None
+
+    def _prune(self) -> None:
+        """Close local WebSockets for senders we admitted but the listener never delivered (its accept failed)."""
+        now = time.monotonic()
+        for key in [k for k, p in self._pending.items() if now - p.created > 60]:
+            pending = self._pending.pop(key)
+            pending.span.end()
+            task = asyncio.ensure_future(pending.local.close())
+            self._ws_tasks.add(task)
+            task.add_done_callback(self._ws_tasks.discard)
 
     def spawn_pipe(self, stream: Any) -> asyncio.Task:
         """Run :meth:`pipe_websocket` for ``stream`` as a task that :meth:`stop` cancels."""
@@ -344,75 +419,69 @@ class Forwarder:
         return task
 
     async def pipe_websocket(self, stream: Any) -> None:
-        """Pipe one accepted stream to the local service's WebSocket until either side closes."""
+        """Pipe one accepted stream to the local WebSocket that :meth:`accept` opened, until either side closes."""
         pending = self._pending.pop(stream.id, None)
         if pending is None:
             # Only streams this forwarder's accept() admitted are piped: the path was checked there.
             await stream.close(1008, "not admitted by the forwarder")
             return
-        assert self._session is not None, "call start() first"
         self._websockets += 1
         self.observer.websocket_opened(stream.id)
         counts = [0, 0]
-        sender_headers = getattr(stream, "headers", None) or {}
-        headers = [(k, v) for k, v in sender_headers.items() if k.lower() not in _SKIP_WS_HEADERS]
-        protocols = (stream.subprotocol,) if getattr(stream, "subprotocol", None) else ()
         fields = {"event": "websocket", "connection": self.connection, "request_id": stream.id}
         started = time.monotonic()
-        with tracing.span(tracing.AGENT_FORWARD, kind=SpanKind.SERVER, context=tracing.extract(sender_headers),
-                          attributes={"relay.connection": self.connection, "relay.request_id": stream.id,
-                                      "relay.websocket": True}) as current:
-            headers += tracing.inject().items()
-            status = await self._pipe(stream, pending.url, headers, protocols, counts, fields)
-            tracing.set_http_status(current, status)
+        status = 101
+        _log.info("WebSocket opened", extra={"fields": {**fields, "status": 101}})
+        with trace.use_span(pending.span, end_on_exit=True):
+            try:
+                await self._pipe(stream, pending.local, counts)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                status = 502
+                _log.warning("WebSocket to the local service failed: %s", type(exc).__name__,
+                             extra={"fields": {**fields, "status": 502, "reason": type(exc).__name__}})
+                await stream.close(1011, "local service unavailable")
+            finally:
+                self._websockets -= 1
+                self.observer.websocket_closed(stream.id, status, counts[0], counts[1])
+                if not pending.local.closed:
+                    await pending.local.close()
+            tracing.set_http_status(pending.span, status)
         _log.info("WebSocket closed", extra={"fields": {**fields, "status": status, "bytes_in": counts[0],
                                                         "bytes_out": counts[1],
                                                         "duration_ms": round((time.monotonic() - started) * 1000, 1)}})
 
-    async def _pipe(self, stream: Any, url: URL, headers: list, protocols: tuple, counts: list[int], fields: dict) -> int:
-        status = 101
+    async def _pipe(self, stream: Any, local: aiohttp.ClientWebSocketResponse, counts: list[int]) -> None:
+        async def up() -> None:
+            async for message in stream:
+                if isinstance(message, str):
+                    counts[0] += len(message.encode("utf-8"))
+                    await local.send_str(message)
+                else:
+                    counts[0] += len(message)
+                    await local.send_bytes(message)
+            await local.close()
+
+        async def down() -> None:
+            async for msg in local:
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    data = msg.data
+                    counts[1] += len(data.encode("utf-8") if isinstance(data, str) else data)
+                    await stream.send(data)
+                else:
+                    break
+            await stream.close()
+
+        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
         try:
-            async with self._session.ws_connect(url, headers=headers, protocols=protocols, autoping=True,
-                                                timeout=aiohttp.ClientWSTimeout(ws_close=5)) as local:
-                _log.info("WebSocket opened", extra={"fields": {**fields, "status": 101}})
-
-                async def up() -> None:
-                    async for message in stream:
-                        if isinstance(message, str):
-                            counts[0] += len(message.encode("utf-8"))
-                            await local.send_str(message)
-                        else:
-                            counts[0] += len(message)
-                            await local.send_bytes(message)
-                    await local.close()
-
-                async def down() -> None:
-                    async for msg in local:
-                        if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                            data = msg.data
-                            counts[1] += len(data.encode("utf-8") if isinstance(data, str) else data)
-                            await stream.send(data)
-                        else:
-                            break
-                    await stream.close()
-
-                tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
-                try:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    await asyncio.wait(tasks, timeout=5)
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            status = 502
-            _log.warning("WebSocket to the local service failed: %s", type(exc).__name__,
-                         extra={"fields": {**fields, "status": 502, "reason": type(exc).__name__}})
-            await stream.close(1011, "local service unavailable")
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, timeout=5)
         finally:
-            self._websockets -= 1
-            self.observer.websocket_closed(stream.id, status, counts[0], counts[1])
-        return status
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, (aiohttp.ClientError, OSError)):
+                raise result
 
 
 def _loggable_path(target: str) -> str:

@@ -57,6 +57,18 @@ async def local_service(name: str = "local") -> AsyncIterator[LocalService]:
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     await ws.send_bytes(msg.data)
             return ws
+        if request.path.startswith("/big/"):
+            size = int(request.path.rsplit("/", 1)[1])
+            data = bytes(i % 251 for i in range(size))
+            if "chunked" not in request.query:
+                return web.Response(body=data)
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for i in range(0, size, 10000):
+                await resp.write(data[i:i + 10000])
+            await resp.write_eof()
+            return resp
         if request.path.startswith("/admin"):
             return web.Response(text="SECRET")
         if request.path.endswith("/slow"):
