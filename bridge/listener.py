@@ -28,6 +28,9 @@ from urllib.parse import urlsplit
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from opentelemetry.trace import SpanKind
+
+from relay import tracing
 from relay.listener import HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
 from relay.stream import HybridConnectionStream
 
@@ -78,11 +81,13 @@ class _Window:
         self.connection = connection
         self.counts = counts
 
-    async def _store(self, *, kind: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> tuple[fanin.Stored, str]:
+    async def _store(self, *, kind: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+                     trace_headers: dict[str, str] | None = None) -> tuple[fanin.Stored, str]:
         message = fanin.inbound_message(
             id=str(uuid.uuid4()), kind=kind, connection=self.connection, method=method, path=path, query=query,
             headers=headers, received_at=fanin.utc_now_text(),
         )
+        message.update(trace_headers or {})  # "traceparent" (and "tracestate"): a consumer continues the trace
         queue = route(self.settings.inbound_routes, self.settings.inbound_default_queue,
                       connection=self.connection, path=path, headers=headers)
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
@@ -104,9 +109,11 @@ class _Window:
         body = await request.read()
         headers = inbound_headers(request.headers.items())
         try:
-            stored, message_id = await self._store(
-                kind="http", method=request.method, path=request.path, query=request.query, headers=headers, body=body,
-            )
+            with tracing.span(tracing.QUEUE_STORE, kind=SpanKind.PRODUCER, context=tracing.extract(request.headers)):
+                stored, message_id = await self._store(
+                    kind="http", method=request.method, path=request.path, query=request.query, headers=headers, body=body,
+                    trace_headers=tracing.carry(request.headers),
+                )
         except Exception:
             return RelayedHttpResponse(
                 503,

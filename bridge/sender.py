@@ -14,6 +14,9 @@ from typing import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError
 
+from opentelemetry.trace import SpanKind
+
+from relay import tracing
 from relay.client import HybridConnectionClient
 from relay.errors import (
     AuthorizationFailedError,
@@ -172,10 +175,13 @@ async def send_http(
         raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        response = await client.request(method, path or "/", body=body or None, headers=dict(headers), timeout=timeout)
-        async with response:
-            data = await response.read()
-            return RelayReply(response.status, response.reason, response.headers, data)
+        with tracing.relay_request(method, client.address, path or "/"):
+            headers = dict(headers)
+            tracing.inject(headers)  # this span's W3C trace context goes to the listener
+            response = await client.request(method, path or "/", body=body or None, headers=headers, timeout=timeout)
+            async with response:
+                data = await response.read()
+                return RelayReply(response.status, response.reason, response.headers, data)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a SendFailure
         raise classify(exc, settings, connection) from exc
 
@@ -190,8 +196,11 @@ async def send_ws(
         raise SendFailure(413, "payload_too_large", f"the message has {size} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        stream = await client.connect(path="" if path in ("", "/") else path, headers=dict(headers or {}), timeout=timeout)
-        async with stream:
-            await stream.send(message)
+        with tracing.span(tracing.RELAY_CONNECT, kind=SpanKind.CLIENT):
+            headers = dict(headers or {})
+            tracing.inject(headers)
+            stream = await client.connect(path="" if path in ("", "/") else path, headers=headers, timeout=timeout)
+            async with stream:
+                await stream.send(message)
     except Exception as exc:  # noqa: BLE001
         raise classify(exc, settings, connection) from exc

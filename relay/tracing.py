@@ -12,7 +12,8 @@ Trace context travels as W3C ``traceparent`` / ``tracestate`` HTTP headers, thro
                   traceparent: A                     parent A; sends traceparent: B
 
 Span names (one vocabulary for the library, the agent and the app): :data:`RELAY_REQUEST`,
-:data:`RELAY_CONNECT`, :data:`AGENT_FORWARD`, :data:`TOKEN_ACQUISITION`.
+:data:`RELAY_CONNECT`, :data:`AGENT_FORWARD`, :data:`TOKEN_ACQUISITION`, :data:`FUNCTION_INVOCATION`,
+:data:`QUEUE_STORE`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 __all__ = [
     "AGENT_FORWARD",
+    "FUNCTION_INVOCATION",
+    "QUEUE_STORE",
     "RELAY_CONNECT",
     "RELAY_REQUEST",
     "TOKEN_ACQUISITION",
     "TRACE_HEADERS",
+    "carry",
     "extract",
     "inject",
     "relay_request",
@@ -46,6 +50,10 @@ AGENT_FORWARD = "agent forward"
 """The agent (or ``relay listen --forward``) handing one relayed request or WebSocket to its local service (SERVER)."""
 TOKEN_ACQUISITION = "token acquisition"
 """Getting a token for Relay (INTERNAL); attribute ``relay.token.cache_hit``."""
+FUNCTION_INVOCATION = "function invocation"
+"""The Functions app handling one trigger (SERVER for HTTP)."""
+QUEUE_STORE = "queue store"
+"""The bridge storing one inbound message in a queue (PRODUCER); the message's ``traceparent`` field continues it."""
 
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 """The W3C trace-context headers (lower case); a forwarder replaces them with its own span's."""
@@ -67,18 +75,28 @@ def extract(headers: Mapping[str, str] | None) -> Context:
 
 
 def inject(headers: MutableMapping[str, str] | None = None, context: Context | None = None) -> dict[str, str]:
-    """Add the current (or ``context``'s) trace headers to ``headers``; returns just those headers.
+    """Put the current (or ``context``'s) trace headers into ``headers``, replacing any there; returns just those.
 
-    Nothing is added when there is no recording span, so an unconfigured process sends no
-    trace headers at all.
+    When no span is recording (nothing configured), nothing is added and ``headers`` keeps what
+    it had, so a caller's own ``traceparent`` still passes through an unconfigured process.
     """
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=context)
-    if headers is not None:
+    if headers is not None and carrier:
         for key in [k for k in headers if k.lower() in TRACE_HEADERS]:
-            del headers[key]
+            del headers[key]  # whatever case the caller used: one traceparent, ours
         headers.update(carrier)
     return carrier
+
+
+def carry(headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The trace headers to store with a message: the current span's, or (nothing recording here)
+    the W3C headers found in ``headers``, so a trace continues through a process that does not record.
+    """
+    current = inject()
+    if current or not headers:
+        return current
+    return {k.lower(): v for k, v in headers.items() if k.lower() in TRACE_HEADERS}
 
 
 @contextlib.contextmanager

@@ -200,3 +200,85 @@ def test_otlp_without_its_package_is_refused_with_the_package_named(tmp_path):
         load_config(str(path), {})
     assert "tracing.exporter" in str(info.value) and "opentelemetry-exporter-otlp-proto-http" in str(info.value)
 
+
+
+# -- the app's half: caller -> function invocation -> relay request -> agent -> local service; inbound messages ---------
+
+from tests.app.conftest import bridge_env, clear_queue, drain_queue  # noqa: E402,F401  (fixtures and helpers of the app tests)
+
+
+async def test_one_trace_from_a_function_call_through_the_bridge_and_agent(emulator, bridge_env, tmp_path):  # noqa: F811
+    import azure.functions as func
+
+    from bridge.http_send import relay_send
+
+    runner, port = await traced_local_service()
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[[connections]]
+name = "orders"
+target = "http://127.0.0.1:{port}"
+[connections.credential]
+type = "connection_string"
+connection_string_env = "TRACE_ORDERS_CS"
+""")
+    agent = Agent(load_config(str(path), {"TRACE_ORDERS_CS": dev_connection_string(emulator, "orders")}))
+    await agent.start()
+    caller_tracer = trace.get_tracer("caller")
+    try:
+        async with asyncio.timeout(30):
+            while not agent.readiness()[0]:
+                await asyncio.sleep(0.05)
+        EXPORTER.clear()
+        with caller_tracer.start_as_current_span("caller", kind=SpanKind.CLIENT) as caller:
+            headers = {"Content-Type": "text/plain"}
+            propagate.inject(headers)
+        req = func.HttpRequest("POST", "http://localhost/api/relay/orders/items", headers=headers, params={},
+                               route_params={"connection": "orders", "path": "items"}, body=b"x")
+        resp = await relay_send(req)
+        assert resp.status_code == 200, resp.get_body()
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+
+    spans = {s.name: s for s in EXPORTER.get_finished_spans()}
+    chain = [spans["caller"], spans[tracing.FUNCTION_INVOCATION], spans[tracing.RELAY_REQUEST], spans[tracing.AGENT_FORWARD],
+             spans["local service"]]
+    assert {s.context.trace_id for s in chain} == {caller.get_span_context().trace_id}
+    for parent, child in zip(chain, chain[1:]):
+        assert child.parent.span_id == parent.context.span_id, (parent.name, child.name)
+
+
+async def test_inbound_messages_carry_traceparent_and_a_consumer_continues_the_trace(emulator, azurite, bridge_env):  # noqa: F811
+    import json
+
+    from bridge import listener
+    from bridge.settings import get_settings
+
+    await clear_queue(azurite.connection_string, "app-inbound")
+    EXPORTER.clear()
+    window = asyncio.ensure_future(listener.run_window(get_settings(), "inbound", 4.0))
+    sender_tracer = trace.get_tracer("sender")
+    key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+    async with HybridConnectionClient(emulator.address("inbound"), key, connection_verify=emulator.ca_cert) as client:
+        with sender_tracer.start_as_current_span("sender", kind=SpanKind.CLIENT) as sender:
+            headers = tracing.inject()
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    resp = await client.request("POST", "/misc", body=b"hello", headers=headers)
+                    break
+                except Exception:  # the window is not online yet
+                    await asyncio.sleep(0.1)
+        assert resp.status == 202
+    await window
+    [message] = [json.loads(m) for m in await drain_queue(azurite.connection_string, "app-inbound")]
+    store = next(s for s in EXPORTER.get_finished_spans() if s.name == tracing.QUEUE_STORE)
+    assert store.parent.span_id == sender.get_span_context().span_id
+    assert message["traceparent"].split("-")[1:3] == [f"{store.context.trace_id:032x}", f"{store.context.span_id:016x}"]
+    # A consumer of the queue continues the same trace from the message's field.
+    with trace.get_tracer("consumer").start_as_current_span("consume", context=tracing.extract(message)) as consume:
+        pass
+    assert consume.get_span_context().trace_id == sender.get_span_context().trace_id
+    consumed = next(s for s in EXPORTER.get_finished_spans() if s.name == "consume")
+    assert consumed.parent.span_id == store.context.span_id
