@@ -198,6 +198,10 @@ class Forwarder:
             )
 
     async def stop(self) -> None:
+        for pending in self._pending.values():
+            pending.span.end()
+            await pending.local.close()
+        self._pending.clear()
         for task in list(self._ws_tasks):
             task.cancel()
         if self._ws_tasks:
@@ -388,7 +392,8 @@ class Forwarder:
         headers = [(k, v) for k, v in ctx.headers.items() if k.lower() not in _SKIP_WS_HEADERS]
         headers += tracing.inject(context=trace.set_span_in_context(span)).items()
         try:
-            async with asyncio.timeout(self.target.connect_timeout):
+            # The listener waits 20 s for an accept handler; answer (502) well before that.
+            async with asyncio.timeout(min(self.target.connect_timeout, 15.0)):
                 local = await self._session.ws_connect(url, headers=headers, protocols=tuple(ctx.subprotocols),
                                                        autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
