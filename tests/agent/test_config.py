@@ -166,3 +166,29 @@ def test_cli_refuses_a_bad_config_with_exit_2(tmp_path, capsys):
     code = main(["agent", "--config", write(tmp_path, GOOD.replace("http://127.0.0.1:8080", "127.0.0.1:8080"))])
     err = capsys.readouterr().err
     assert code == 2 and "connections[orders].target" in err and "http://127.0.0.1:8080" in err
+
+
+async def test_check_probes_every_target_and_names_the_unreachable_one(tmp_path):
+    import asyncio
+    import sys
+
+    from .conftest import local_service
+
+    async with local_service("svc") as svc:
+        async with local_service("gone") as gone:
+            dead = gone.url
+        text = GOOD.replace("http://127.0.0.1:8080", svc.url) + GOOD.replace('"orders"', '"billing"').replace(
+            "/orders", "/billing").replace("http://127.0.0.1:8080", dead)
+
+        async def check(config: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "relay", "agent", "--config", write(tmp_path, config), "--check",
+                stderr=asyncio.subprocess.PIPE, cwd=str(REPO_ROOT))
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            return proc.returncode, err.decode()
+
+        code, err = await check(text)
+        assert code == 1 and f"connections[billing].target: {dead} is not reachable" in err
+        assert "connections[orders]" not in err
+        code, err = await check(GOOD.replace("http://127.0.0.1:8080", svc.url))
+        assert code == 0 and "all targets reachable" in err
