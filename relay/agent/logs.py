@@ -94,7 +94,8 @@ def setup_logging(log_format: str = "text", level: str = "info") -> logging.Hand
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    # azure-identity and aiohttp narrate every request at INFO; their warnings still come through.
-    for noisy in ("azure", "aiohttp.access"):
+    # azure-identity, MSAL and aiohttp narrate every request (MSAL dumps token-cache events at DEBUG);
+    # their warnings still come through.
+    for noisy in ("azure", "msal", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler
