@@ -1,7 +1,8 @@
 """OpenTelemetry for the relay library and the agent: spans and W3C trace context, a no-op until configured.
 
 Only ``opentelemetry-api`` is used here. Without an SDK (or with one but no exporter), every
-span is a non-recording no-op and costs next to nothing. A program that wants traces installs a
+span is a non-recording no-op and costs next to nothing; a ``traceparent`` that arrived still
+passes on unchanged. A program that wants traces installs a
 ``TracerProvider`` (the agent does, with ``[tracing] exporter = ...``; the Functions app with
 the Azure Monitor distro).
 
@@ -77,8 +78,10 @@ def extract(headers: Mapping[str, str] | None) -> Context:
 def inject(headers: MutableMapping[str, str] | None = None, context: Context | None = None) -> dict[str, str]:
     """Put the current (or ``context``'s) trace headers into ``headers``, replacing any there; returns just those.
 
-    When no span is recording (nothing configured), nothing is added and ``headers`` keeps what
-    it had, so a caller's own ``traceparent`` still passes through an unconfigured process.
+    Without an SDK, spans are non-recording and carry their parent's context: a ``traceparent``
+    that arrived (and was extracted into the current context) is passed on unchanged, and with no
+    context at all nothing is added and ``headers`` keeps what it had. Either way an unconfigured
+    process never breaks a trace that goes through it.
     """
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=context)

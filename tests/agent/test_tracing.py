@@ -282,3 +282,19 @@ async def test_inbound_messages_carry_traceparent_and_a_consumer_continues_the_t
     assert consume.get_span_context().trace_id == sender.get_span_context().trace_id
     consumed = next(s for s in EXPORTER.get_finished_spans() if s.name == "consume")
     assert consumed.parent.span_id == store.context.span_id
+
+
+def test_without_a_provider_an_incoming_traceparent_passes_on_unchanged():
+    code = (
+        "from relay import tracing\n"
+        "from opentelemetry.trace import SpanKind\n"
+        "incoming = {'Traceparent': '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', 'tracestate': 'a=1'}\n"
+        "with tracing.span('agent forward', kind=SpanKind.SERVER, context=tracing.extract(incoming)):\n"
+        "    out = {'X-Other': '1', 'traceparent': 'stale'}\n"
+        "    tracing.inject(out)\n"
+        "assert out == {'X-Other': '1', 'traceparent': incoming['Traceparent'], 'tracestate': 'a=1'}, out\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT),
+                         env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
