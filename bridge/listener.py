@@ -138,7 +138,9 @@ class _Window:
                 self.counts.wsMessages += 1
                 body = message.encode("utf-8") if isinstance(message, str) else bytes(message)
                 try:
-                    await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=url.query, headers=headers, body=body)
+                    with tracing.span(tracing.QUEUE_STORE, kind=SpanKind.PRODUCER, context=tracing.extract(stream.headers)):
+                        await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=url.query, headers=headers,
+                                          body=body, trace_headers=tracing.carry(stream.headers))
                 except Exception:
                     await stream.close(1011, "the bridge could not store the message")
                     return

@@ -271,9 +271,17 @@ async def test_inbound_messages_carry_traceparent_and_a_consumer_continues_the_t
                 except Exception:  # the window is not online yet
                     await asyncio.sleep(0.1)
         assert resp.status == 202
+        with sender_tracer.start_as_current_span("ws sender", kind=SpanKind.CLIENT) as ws_sender:
+            async with await client.connect(path="/chat", headers=tracing.inject()) as stream:
+                await stream.send("over ws")
+                await stream.shutdown()
+                await stream.receive()
     await window
-    [message] = [json.loads(m) for m in await drain_queue(azurite.connection_string, "app-inbound")]
-    store = next(s for s in EXPORTER.get_finished_spans() if s.name == tracing.QUEUE_STORE)
+    message, ws_message = [json.loads(m) for m in await drain_queue(azurite.connection_string, "app-inbound", expect=2)]
+    assert ws_message["kind"] == "websocket"
+    assert ws_message["traceparent"].split("-")[1] == f"{ws_sender.get_span_context().trace_id:032x}"
+    store = next(s for s in EXPORTER.get_finished_spans() if s.name == tracing.QUEUE_STORE
+                 and s.context.trace_id == sender.get_span_context().trace_id)
     assert store.parent.span_id == sender.get_span_context().span_id
     assert message["traceparent"].split("-")[1:3] == [f"{store.context.trace_id:032x}", f"{store.context.span_id:016x}"]
     # A consumer of the queue continues the same trace from the message's field.
