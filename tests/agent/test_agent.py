@@ -94,6 +94,8 @@ async def test_two_connections_http_websocket_health_and_metrics(emulator, tmp_p
                     await stream.send(b"\x00\x01")
                     assert await stream.receive() == b"\x00\x01"
 
+            # The agent finishes its side of the stream after ours is closed: wait for its log line, then scrape.
+            await agent.wait_log(lambda r: r.get("event") == "websocket" and "bytes_in" in r)
             after = await agent.metrics()
             assert metric(after, "relay_agent_requests_total", connection="orders", status_class="2xx") \
                 - metric(before, "relay_agent_requests_total", connection="orders", status_class="2xx") == 3
