@@ -10,6 +10,7 @@ The inbound message format (JSON, base64-encoded on the queue like the queue tri
      "query": "a=1",            # raw query string ("" if none)
      "headers": {…},            # request (or WebSocket connect) headers, credentials removed
      "receivedAt": "2026-11-29T10:00:00.000000Z",
+     "traceparent": "00-…-…-01",  # W3C trace context of the sender's request or WebSocket, when it had one
      "body": "text"             # UTF-8 bodies
      | "bodyBase64": "…"        # other bodies
      | "claimCheck": {"container": "relay-claimcheck", "blob": "inbound/2026/11/29/<id>",

@@ -19,6 +19,9 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import azure.functions as func
+from opentelemetry.trace import SpanKind
+
+from relay import tracing
 
 from .headers import MODE_HEADER, request_headers, response_headers, strip_credentials_from_query
 from .sender import MAX_BODY_BYTES, SendFailure, resolve_target, send_http, send_ws
@@ -84,6 +87,12 @@ def _is_text(content_type: str) -> bool:
 @bp.route(route="relay/{connection}/{*path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 async def relay_send(req: func.HttpRequest) -> func.HttpResponse:
     """Forward the request to an on-premises listener over Relay (HTTP or WebSocket mode)."""
+    with tracing.span(tracing.FUNCTION_INVOCATION, kind=SpanKind.SERVER, context=tracing.extract(dict(req.headers.items())),
+                      attributes={"faas.trigger": "http", "faas.name": "relay_send"}):  # continues the caller's traceparent
+        return await _relay_send(req)
+
+
+async def _relay_send(req: func.HttpRequest) -> func.HttpResponse:
     try:
         settings = get_settings()
     except SettingsError as exc:

@@ -28,6 +28,9 @@ from urllib.parse import urlsplit
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from opentelemetry.trace import SpanKind
+
+from relay import tracing
 from relay.listener import AcceptContext, HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
 from relay.stream import HybridConnectionStream
 
@@ -93,11 +96,13 @@ class _Window:
         self.streams = 0
         self.reserved: dict[str, float] = {}  # accepted senders whose stream has not started yet: id -> since
 
-    async def _store(self, *, kind: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> tuple[fanin.Stored, str]:
+    async def _store(self, *, kind: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+                     trace_headers: dict[str, str] | None = None) -> tuple[fanin.Stored, str]:
         message = fanin.inbound_message(
             id=str(uuid.uuid4()), kind=kind, connection=self.connection, method=method, path=path, query=query,
             headers=headers, received_at=fanin.utc_now_text(),
         )
+        message.update(trace_headers or {})  # "traceparent" (and "tracestate"): a consumer continues the trace
         queue = route(self.settings.inbound_routes, self.settings.inbound_default_queue,
                       connection=self.connection, path=path, headers=headers)
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
@@ -136,10 +141,11 @@ class _Window:
                                   "send a smaller body or a reference to the data")
         headers = inbound_headers(request.headers.items())
         try:
-            stored, message_id = await self._store(
-                kind="http", method=request.method, path=request.path, query=strip_credentials_from_query(request.query),
-                headers=headers, body=body,
-            )
+            with tracing.span(tracing.QUEUE_STORE, kind=SpanKind.PRODUCER, context=tracing.extract(request.headers)):
+                stored, message_id = await self._store(
+                    kind="http", method=request.method, path=request.path, query=strip_credentials_from_query(request.query),
+                    headers=headers, body=body, trace_headers=tracing.carry(request.headers),
+                )
         except Exception:
             return _json_response(503, "store_failed", "the message was not stored; retry later",
                                   {"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -204,7 +210,9 @@ class _Window:
                     await stream.close(WS_TOO_BIG_CLOSE_CODE, f"message over {limit} bytes (INBOUND_MAX_BODY_BYTES) not stored")
                     return
                 try:
-                    await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=query, headers=headers, body=body)
+                    with tracing.span(tracing.QUEUE_STORE, kind=SpanKind.PRODUCER, context=tracing.extract(stream.headers)):
+                        await self._store(kind="websocket", method="MESSAGE", path=path or "/", query=query, headers=headers,
+                                          body=body, trace_headers=tracing.carry(stream.headers))
                 except Exception:
                     await stream.close(1011, "the bridge could not store the message")
                     return

@@ -14,6 +14,9 @@ from typing import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError
 
+from opentelemetry.trace import SpanKind
+
+from relay import tracing
 from relay.client import HybridConnectionClient
 from relay.paths import CanonicalPath, PathError, canonical_path, split_connection
 from relay.errors import (
@@ -194,18 +197,21 @@ async def send_http(
         raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        response = await client.request(method, path or "/", body=body or None, headers=dict(headers),
-                                        timeout=timeout or REQUEST_TIMEOUT)
-        async with response:
-            if not MIN_STATUS <= response.status <= MAX_STATUS:
-                raise SendFailure(
-                    502, "bad_listener_status",
-                    f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
-                    f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
-                    False,
-                )
-            data = await response.read()
-            return RelayReply(response.status, response.reason, response.headers, data)
+        with tracing.relay_request(method, client.address, path or "/"):
+            headers = dict(headers)
+            tracing.inject(headers)  # this span's W3C trace context goes to the listener
+            response = await client.request(method, path or "/", body=body or None, headers=headers,
+                                            timeout=timeout or REQUEST_TIMEOUT)
+            async with response:
+                if not MIN_STATUS <= response.status <= MAX_STATUS:
+                    raise SendFailure(
+                        502, "bad_listener_status",
+                        f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
+                        f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
+                        False,
+                    )
+                data = await response.read()
+                return RelayReply(response.status, response.reason, response.headers, data)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a SendFailure
         raise classify(exc, settings, connection) from exc
 
@@ -220,8 +226,11 @@ async def send_ws(
         raise SendFailure(413, "payload_too_large", f"the message has {size} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
-        stream = await client.connect(path=path, headers=dict(headers or {}), timeout=timeout or REQUEST_TIMEOUT)
-        async with stream:
-            await stream.send(message)
+        with tracing.span(tracing.RELAY_CONNECT, kind=SpanKind.CLIENT):
+            headers = dict(headers or {})
+            tracing.inject(headers)
+            stream = await client.connect(path=path, headers=headers, timeout=timeout or REQUEST_TIMEOUT)
+            async with stream:
+                await stream.send(message)
     except Exception as exc:  # noqa: BLE001
         raise classify(exc, settings, connection) from exc

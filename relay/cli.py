@@ -31,9 +31,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
-
-import aiohttp
 
 from . import __version__
 from ._hints import cli_hint, missing_identity_message, summarize_credential_failure
@@ -43,9 +40,8 @@ from .connection_string import parse_connection_string, resolve_ca_file
 from .credentials import close_credential, get_token_provider
 from .errors import EndpointNotFoundError, RelayError
 from .listener import HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
-from .protocol import HOP_BY_HOP_HEADERS
-
-_SKIP_FORWARD_HEADERS = HOP_BY_HOP_HEADERS | {"host"}
+from ._transport import parse_address
+from .forward import Forwarder, ForwardTarget, TargetError, parse_target
 
 
 class CliError(Exception):
@@ -221,77 +217,17 @@ async def cmd_send(args: argparse.Namespace) -> int:
 # -- listen -------------------------------------------------------------------------------------
 
 
-class Forwarder:
-    """Relayed requests → a local HTTP service (and relayed WebSockets → its WebSocket endpoint)."""
-
-    def __init__(self, target: str, entity: str, verbose: bool):
-        self.target = target.rstrip("/")
-        self.entity = entity
-        self.verbose = verbose
-        self.session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None, sock_read=55))
-
-    async def stop(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    async def handle(self, request: RelayedHttpRequest) -> RelayedHttpResponse:
-        assert self.session is not None
-        url = self.target + request.path + (f"?{request.query}" if request.query else "")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _SKIP_FORWARD_HEADERS]
-        try:
-            body = await request.read()
-            async with self.session.request(request.method, url, headers=headers, data=body or None,
-                                            allow_redirects=False) as resp:
-                body = await resp.read()
-                out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP_HEADERS]
-                if self.verbose:
-                    print(f"{request.method} {request.target} -> {resp.status}", file=sys.stderr)
-                return RelayedHttpResponse(resp.status, out_headers, body, resp.reason)
-        except (aiohttp.ClientError, OSError) as exc:
-            print(f"forwarding {request.method} {request.path} to {self.target} failed: {exc}", file=sys.stderr)
-            return RelayedHttpResponse(502, body=f"The local service at {self.target} did not answer: {type(exc).__name__}")
-
-    async def pipe_websocket(self, stream: Any) -> None:
-        assert self.session is not None
-        base = self.target.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        parts = urlsplit(stream.url)
-        path = parts.path
-        prefix = "/" + self.entity
-        if path.lower().startswith(prefix.lower()):
-            path = path[len(prefix):]
-        url = base + path + (f"?{parts.query}" if parts.query else "")
-        try:
-            async with self.session.ws_connect(url) as local:
-                async def up() -> None:
-                    async for message in stream:
-                        if isinstance(message, str):
-                            await local.send_str(message)
-                        else:
-                            await local.send_bytes(message)
-                    await local.close()
-
-                async def down() -> None:
-                    async for msg in local:
-                        if msg.type is aiohttp.WSMsgType.TEXT:
-                            await stream.send(msg.data)
-                        elif msg.type is aiohttp.WSMsgType.BINARY:
-                            await stream.send(msg.data)
-                        else:
-                            break
-                    await stream.close()
-
-                await asyncio.gather(up(), down(), return_exceptions=True)
-        except (aiohttp.ClientError, OSError) as exc:
-            print(f"forwarding a WebSocket to {url} failed: {exc}", file=sys.stderr)
-            await stream.close(1011, "local service unavailable")
-
-
 async def cmd_listen(args: argparse.Namespace) -> int:
+    target = None
+    if args.forward:
+        try:
+            target = ForwardTarget.build(args.forward, args.allow_path or ())
+        except TargetError as exc:
+            raise CliError(f"--forward: {exc}") from None
+    elif args.allow_path:
+        raise CliError("--allow-path needs --forward URL")
     address, credential, kwargs, source = _resolve(args)
-    forwarder = Forwarder(args.forward, urlsplit(address).path.strip('/'), args.verbose) if args.forward else None
+    forwarder = Forwarder(target, parse_address(address).entity) if target else None
 
     async def echo(request: RelayedHttpRequest) -> RelayedHttpResponse:
         return RelayedHttpResponse(200, {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}, await request.read())
@@ -318,7 +254,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
 
     listener = HybridConnectionListener(
         address, credential, request_handler=forwarder.handle if forwarder else echo,
-        on_online=online, on_connecting=connecting, on_offline=offline, **kwargs,
+        accept_handler=forwarder.accept if forwarder else None, on_online=online, on_connecting=connecting, on_offline=offline, **kwargs,
     )
     if forwarder:
         await forwarder.start()
@@ -331,11 +267,11 @@ async def cmd_listen(args: argparse.Namespace) -> int:
             async def accept_loop() -> None:
                 async for stream in listener:
                     if forwarder:
-                        task = asyncio.ensure_future(forwarder.pipe_websocket(stream))
+                        forwarder.spawn_pipe(stream)
                     else:
                         task = asyncio.ensure_future(_echo_ws(stream))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
 
             acceptor = asyncio.ensure_future(accept_loop())
             await stop.wait()
@@ -358,22 +294,27 @@ async def _echo_ws(stream: Any) -> None:
             await stream.send(message)
 
 
+# -- agent --------------------------------------------------------------------------------------
+
+
+async def cmd_agent(args: argparse.Namespace) -> int:
+    from .agent import ConfigError, serve
+
+    try:
+        return await serve(args.config, log_format=args.log_format, check_only=args.check)
+    except ConfigError as exc:
+        raise CliError(f"{exc}\nsee deploy/agent.example.toml and docs/agent.md") from None
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
 def forward_url(value: str) -> str:
     """``--forward``: an absolute http(s) URL of the local service, checked before anything connects."""
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        guess = value.split("://", 1)[-1].lstrip("/")
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an http(s) URL with a host: the local service needs a scheme, "
-            f"e.g. --forward http://{guess or '127.0.0.1:8080'} (or https://...)"
-        )
     try:
-        parts.port
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} has an invalid port: use e.g. http://127.0.0.1:8080") from None
+        parse_target(value, what="--forward", example="--forward")
+    except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 
@@ -396,7 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen = sub.add_parser("listen", help="listen and forward relayed requests to a local HTTP service")
     common(listen)
     listen.add_argument("--forward", metavar="URL", type=forward_url,
-                        help="local service, e.g. http://127.0.0.1:8080 (default: echo)")
+                        help="local service, e.g. http://127.0.0.1:8080 (default: echo); "
+                             "requests are forwarded only to this URL and below its path")
+    listen.add_argument("--allow-path", metavar="PREFIX", action="append",
+                        help="with --forward: forward only paths under PREFIX (relative to the hybrid connection, "
+                             "e.g. /api/v1; repeatable); others get 403")
     listen.set_defaults(func=cmd_listen)
 
     send = sub.add_parser("send", help="send one HTTP request (or WebSocket message with --ws)")
@@ -411,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--json", action="store_true",
                       help="print one JSON object on stdout: status, reason, headers, body (or WebSocket messages)")
     send.set_defaults(func=cmd_send)
+
+    agent = sub.add_parser("agent", help="serve many hybrid connections from one config file (production agent)")
+    agent.add_argument("--config", required=True, metavar="FILE", help="TOML file, see deploy/agent.example.toml")
+    agent.add_argument("--log-format", choices=("text", "json"), help="override agent.log_format (default text)")
+    agent.add_argument("--check", action="store_true",
+                       help="validate the file and probe every target, then exit (0: fine, 1: a target is unreachable)")
+    agent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    agent.set_defaults(func=cmd_agent)
 
     token = sub.add_parser("token", help="show which credential is used and when its token expires (never the token)")
     common(token)

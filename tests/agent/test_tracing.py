@@ -1,0 +1,308 @@
+"""One trace from the caller through Relay to the agent and on to the local service (W3C trace context).
+
+The agent runs in this process (``relay.agent.Agent``) so that one OpenTelemetry SDK provider
+with an in-memory exporter sees every span: the caller's ``relay request`` (CLIENT), the agent's
+``agent forward`` (SERVER), and the local service's own span, made from the ``traceparent`` it
+received. Relay in between is the real emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from relay import AzureNamedKeyCredential, HybridConnectionClient, tracing
+from relay.agent import Agent, load_config
+
+from .agent_helpers import toml_str
+from .conftest import REPO_ROOT, ROOT_RULE, dev_connection_string
+
+EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk_provider():
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+        provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), "another test installed a non-SDK tracer provider"
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    yield
+    EXPORTER.clear()
+
+
+async def traced_local_service():
+    """A local service that continues the trace it is given, as an instrumented service would."""
+    service_tracer = trace.get_tracer("local-service")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = propagate.extract(dict(request.headers))
+        with service_tracer.start_as_current_span("local service", context=ctx, kind=SpanKind.SERVER):
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                ws = web.WebSocketResponse()
+                await ws.prepare(request)
+                async for msg in ws:
+                    await ws.send_str("echo:" + msg.data)
+                return ws
+            return web.Response(text="traced " + request.headers.get("traceparent", "none"))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
+async def test_one_trace_from_caller_through_relay_and_agent_to_local_service(emulator, tmp_path):
+    runner, port = await traced_local_service()
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[[connections]]
+name = "orders"
+target = "http://127.0.0.1:{port}/svc/"
+[connections.credential]
+type = "connection_string"
+connection_string_env = "TRACE_ORDERS_CS"
+""")
+    agent = Agent(load_config(str(path), {"TRACE_ORDERS_CS": dev_connection_string(emulator, "orders")}))
+    await agent.start()
+    try:
+        async with asyncio.timeout(30):
+            while not agent.readiness()[0]:
+                await asyncio.sleep(0.05)
+        EXPORTER.clear()
+        key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+        async with HybridConnectionClient(emulator.address("orders"), key, connection_verify=emulator.ca_cert) as client:
+            with tracing.relay_request("GET", client.address, "/items?x=1") as trace_headers:
+                assert set(trace_headers) == {"traceparent"}
+                resp = await client.request("GET", "/items?x=1", headers=trace_headers)
+                assert resp.status == 200
+                body = await resp.text()
+            with tracing.span(tracing.RELAY_CONNECT, kind=SpanKind.CLIENT):
+                async with await client.connect(path="/ws", headers=tracing.inject()) as stream:
+                    await stream.send("hi")
+                    assert await stream.receive() == "echo:hi"
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+
+    spans = EXPORTER.get_finished_spans()
+    by_name: dict[str, list] = {}
+    for s in spans:
+        by_name.setdefault(s.name, []).append(s)
+    (request_span,) = by_name[tracing.RELAY_REQUEST]
+    (connect_span,) = by_name[tracing.RELAY_CONNECT]
+    http_forward, ws_forward = sorted(by_name[tracing.AGENT_FORWARD], key=lambda s: bool(s.attributes.get("relay.websocket")))
+    http_local, ws_local = sorted(by_name["local service"], key=lambda s: s.start_time)
+
+    # HTTP: caller -> (Relay) -> agent forward -> local service, one trace, each the parent of the next.
+    assert request_span.kind == SpanKind.CLIENT and http_forward.kind == SpanKind.SERVER
+    trace_id = request_span.context.trace_id
+    assert http_forward.context.trace_id == trace_id and http_local.context.trace_id == trace_id
+    assert http_forward.parent.span_id == request_span.context.span_id
+    assert http_local.parent.span_id == http_forward.context.span_id
+    assert http_forward.attributes["http.response.status_code"] == 200
+    assert http_forward.attributes["relay.connection"] == "orders" and http_forward.attributes["relay.request_id"]
+    # The local service saw the agent's span as its parent, not the caller's.
+    assert f"{http_forward.context.span_id:016x}" in body and f"{request_span.context.span_id:016x}" not in body
+
+    # WebSocket: the same chain.
+    assert ws_forward.context.trace_id == connect_span.context.trace_id == ws_local.context.trace_id
+    assert ws_forward.parent.span_id == connect_span.context.span_id
+    assert ws_local.parent.span_id == ws_forward.context.span_id
+    assert {s.context.trace_id for s in spans} == {trace_id, connect_span.context.trace_id}
+
+
+def test_without_a_provider_tracing_is_a_no_op():
+    """No SDK configured: no trace headers are sent and spans are non-recording."""
+    code = (
+        "from relay import tracing\n"
+        "with tracing.relay_request('GET', 'sb://h/e') as headers:\n"
+        "    assert headers == {}, headers\n"
+        "with tracing.span('x') as s:\n"
+        "    assert not s.is_recording()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT),
+                         env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+async def test_agent_console_exporter_prints_agent_forward_spans(emulator, tmp_path):
+    """``[tracing] exporter = "console"`` in a real agent process: the forward span appears on stdout."""
+    from .conftest import local_service
+
+    async with local_service("svc") as svc:
+        path = tmp_path / "agent.toml"
+        path.write_text(f"""
+[health]
+enabled = true
+port = 0
+[tracing]
+exporter = "console"
+service_name = "agent-under-test"
+[[connections]]
+name = "orders"
+target = {toml_str(svc.url)}
+[connections.credential]
+type = "connection_string"
+connection_string_env = "TRACE_ORDERS_CS"
+""")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "agent", "--config", str(path), "--log-format", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(REPO_ROOT),
+            env={**os.environ, "TRACE_ORDERS_CS": dev_connection_string(emulator, "orders")},
+        )
+        from .agent_helpers import AgentProcess
+
+        agent = AgentProcess(proc)
+        await agent.wait_log(lambda r: r.get("event") == "online")
+        key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+        async with HybridConnectionClient(emulator.address("orders"), key, connection_verify=emulator.ca_cert) as client:
+            traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            assert (await client.request("GET", "/x", headers={"traceparent": traceparent})).status == 200
+        record = await agent.wait_log(lambda r: r.get("event") == "request")
+        assert record["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # the log line names the caller's trace
+        proc.send_signal(15)
+        out = await asyncio.wait_for(proc.stdout.read(), 30)
+        assert await agent.wait_exit() == 0
+        text = out.decode()
+        assert '"name": "agent forward"' in text and "0x0af7651916cd43dd8448eb211c80319c" in text
+        assert "agent-under-test" in text
+        assert svc.seen == ["/x"]
+
+
+def test_otlp_without_its_package_is_refused_with_the_package_named(tmp_path):
+    from relay.agent.config import ConfigError, tracing_unavailable
+
+    problem = tracing_unavailable("otlp")
+    path = tmp_path / "agent.toml"
+    path.write_text('[tracing]\nexporter = "otlp"\n[[connections]]\naddress = "sb://h.servicebus.windows.net/x"\n'
+                    'target = "http://127.0.0.1:1"\n')
+    if problem is None:  # the exporter is installed here: then the file is fine
+        load_config(str(path), {})
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert "tracing.exporter" in str(info.value) and "opentelemetry-exporter-otlp-proto-http" in str(info.value)
+
+
+
+# -- the app's half: caller -> function invocation -> relay request -> agent -> local service; inbound messages ---------
+
+from tests.app.conftest import bridge_env, clear_queue, drain_queue  # noqa: E402,F401  (fixtures and helpers of the app tests)
+
+
+async def test_one_trace_from_a_function_call_through_the_bridge_and_agent(emulator, bridge_env, tmp_path):  # noqa: F811
+    import azure.functions as func
+
+    from bridge.http_send import relay_send
+
+    runner, port = await traced_local_service()
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[[connections]]
+name = "orders"
+target = "http://127.0.0.1:{port}"
+[connections.credential]
+type = "connection_string"
+connection_string_env = "TRACE_ORDERS_CS"
+""")
+    agent = Agent(load_config(str(path), {"TRACE_ORDERS_CS": dev_connection_string(emulator, "orders")}))
+    await agent.start()
+    caller_tracer = trace.get_tracer("caller")
+    try:
+        async with asyncio.timeout(30):
+            while not agent.readiness()[0]:
+                await asyncio.sleep(0.05)
+        EXPORTER.clear()
+        with caller_tracer.start_as_current_span("caller", kind=SpanKind.CLIENT) as caller:
+            headers = {"Content-Type": "text/plain"}
+            propagate.inject(headers)
+        req = func.HttpRequest("POST", "http://localhost/api/relay/orders/items", headers=headers, params={},
+                               route_params={"connection": "orders", "path": "items"}, body=b"x")
+        resp = await relay_send(req)
+        assert resp.status_code == 200, resp.get_body()
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+
+    spans = {s.name: s for s in EXPORTER.get_finished_spans()}
+    chain = [spans["caller"], spans[tracing.FUNCTION_INVOCATION], spans[tracing.RELAY_REQUEST], spans[tracing.AGENT_FORWARD],
+             spans["local service"]]
+    assert {s.context.trace_id for s in chain} == {caller.get_span_context().trace_id}
+    for parent, child in zip(chain, chain[1:]):
+        assert child.parent.span_id == parent.context.span_id, (parent.name, child.name)
+
+
+async def test_inbound_messages_carry_traceparent_and_a_consumer_continues_the_trace(emulator, azurite, bridge_env):  # noqa: F811
+    import json
+
+    from bridge import listener
+    from bridge.settings import get_settings
+
+    await clear_queue(azurite.connection_string, "app-inbound")
+    EXPORTER.clear()
+    window = asyncio.ensure_future(listener.run_window(get_settings(), "inbound", 4.0))
+    sender_tracer = trace.get_tracer("sender")
+    key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+    async with HybridConnectionClient(emulator.address("inbound"), key, connection_verify=emulator.ca_cert) as client:
+        with sender_tracer.start_as_current_span("sender", kind=SpanKind.CLIENT) as sender:
+            headers = tracing.inject()
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    resp = await client.request("POST", "/misc", body=b"hello", headers=headers)
+                    break
+                except Exception:  # the window is not online yet
+                    await asyncio.sleep(0.1)
+        assert resp.status == 202
+        with sender_tracer.start_as_current_span("ws sender", kind=SpanKind.CLIENT) as ws_sender:
+            async with await client.connect(path="/chat", headers=tracing.inject()) as stream:
+                await stream.send("over ws")
+                await stream.shutdown()
+                await stream.receive()
+    await window
+    message, ws_message = [json.loads(m) for m in await drain_queue(azurite.connection_string, "app-inbound", expect=2)]
+    assert ws_message["kind"] == "websocket"
+    assert ws_message["traceparent"].split("-")[1] == f"{ws_sender.get_span_context().trace_id:032x}"
+    store = next(s for s in EXPORTER.get_finished_spans() if s.name == tracing.QUEUE_STORE
+                 and s.context.trace_id == sender.get_span_context().trace_id)
+    assert store.parent.span_id == sender.get_span_context().span_id
+    assert message["traceparent"].split("-")[1:3] == [f"{store.context.trace_id:032x}", f"{store.context.span_id:016x}"]
+    # A consumer of the queue continues the same trace from the message's field.
+    with trace.get_tracer("consumer").start_as_current_span("consume", context=tracing.extract(message)) as consume:
+        pass
+    assert consume.get_span_context().trace_id == sender.get_span_context().trace_id
+    consumed = next(s for s in EXPORTER.get_finished_spans() if s.name == "consume")
+    assert consumed.parent.span_id == store.context.span_id
+
+
+def test_without_a_provider_an_incoming_traceparent_passes_on_unchanged():
+    code = (
+        "from relay import tracing\n"
+        "from opentelemetry.trace import SpanKind\n"
+        "incoming = {'Traceparent': '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', 'tracestate': 'a=1'}\n"
+        "with tracing.span('agent forward', kind=SpanKind.SERVER, context=tracing.extract(incoming)):\n"
+        "    out = {'X-Other': '1', 'traceparent': 'stale'}\n"
+        "    tracing.inject(out)\n"
+        "assert out == {'X-Other': '1', 'traceparent': incoming['Traceparent'], 'tracestate': 'a=1'}, out\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT),
+                         env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
