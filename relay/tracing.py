@@ -26,6 +26,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .paths import CanonicalPath
+
 __all__ = [
     "AGENT_FORWARD",
     "FUNCTION_INVOCATION",
@@ -119,7 +121,7 @@ def set_http_status(current: Span, status: int) -> None:
 
 
 @contextlib.contextmanager
-def relay_request(method: str, address: str, path: str = "/") -> Iterator[dict[str, str]]:
+def relay_request(method: str, address: str, path: str | CanonicalPath = "/") -> Iterator[dict[str, str]]:
     """A CLIENT span for one request through Relay; yields the trace headers to send with it.
 
     For callers (and the client library) that send through Relay::
@@ -127,6 +129,7 @@ def relay_request(method: str, address: str, path: str = "/") -> Iterator[dict[s
         with tracing.relay_request("POST", client.address, "/orders") as trace_headers:
             resp = await client.request("POST", "/orders", headers={**headers, **trace_headers})
     """
-    attributes = {"http.request.method": method, "url.full": address.rstrip("/") + path.partition("?")[0]}
+    bare = path.path if isinstance(path, CanonicalPath) else str(path).partition("?")[0]  # queries may hold secrets
+    attributes = {"http.request.method": method, "url.full": address.rstrip("/") + bare}
     with span(RELAY_REQUEST, kind=SpanKind.CLIENT, attributes=attributes):
         yield inject()
