@@ -116,6 +116,9 @@ def cli_hint(error: RelayError, *, kind: str | None, action: str, address: str =
     if isinstance(error, NoListenerError):
         return "start a listener first: python -m relay listen ADDRESS --forward http://127.0.0.1:8080"
     if isinstance(error, RejectedError):
+        if "local service" in text:
+            return ("the listener is up but its local service is not: if it is `relay listen --forward` or "
+                    "`relay agent`, start the local service (or fix the target URL); see the listener's output")
         return "the listener refused the connection; see the listener's logs"
     if isinstance(error, RelayTimeoutError):
         return "the listener is slow or gone; try again, or raise --timeout"
