@@ -234,23 +234,8 @@ def _window(env: Mapping[str, str]) -> int:
     return value
 
 
-def _listeners(env: Mapping[str, str]) -> int:
-    raw = _text(env, RELAY_LISTENERS_PER_CONNECTION)
-    if not raw:
-        return DEFAULT_LISTENERS_PER_CONNECTION
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(RELAY_LISTENERS_PER_CONNECTION, f"{raw!r} is not a whole number") from None
-    if not 1 <= value <= MAX_LISTENERS_PER_CONNECTION:
-        raise SettingsError(RELAY_LISTENERS_PER_CONNECTION,
-                            f"{value} is out of range; set 1-{MAX_LISTENERS_PER_CONNECTION} "
-                            "(Relay accepts at most 25 listeners per hybrid connection)")
-    return value
-
-
-def _limit(env: Mapping[str, str], name: str) -> int:
-    default, low, high = INBOUND_LIMITS[name]
+def _whole_number(env: Mapping[str, str], name: str, default: int, low: int, high: int, why: str = "") -> int:
+    """A whole-number setting within ``low``-``high`` (``default`` when empty); ``why`` explains the range."""
     raw = _text(env, name)
     if not raw:
         return default
@@ -259,7 +244,7 @@ def _limit(env: Mapping[str, str], name: str) -> int:
     except ValueError:
         raise SettingsError(name, f"{raw!r} is not a whole number; set {low}-{high} or leave it empty for {default}") from None
     if not low <= value <= high:
-        raise SettingsError(name, f"{value} is out of range; set {low}-{high} or leave it empty for {default}")
+        raise SettingsError(name, f"{value} is out of range; set {low}-{high} or leave it empty for {default}{why}")
     return value
 
 
@@ -324,11 +309,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         claim_check_container=container,
         listener_window_seconds=_window(env),
         storage=_storage(env),
-        listeners_per_connection=_listeners(env),
-        inbound_max_body_bytes=_limit(env, INBOUND_MAX_BODY_BYTES),
-        inbound_max_concurrent_requests=_limit(env, INBOUND_MAX_CONCURRENT_REQUESTS),
-        inbound_max_ws_streams=_limit(env, INBOUND_MAX_WS_STREAMS),
-        inbound_ws_idle_seconds=_limit(env, INBOUND_WS_IDLE_SECONDS),
+        listeners_per_connection=_whole_number(
+            env, RELAY_LISTENERS_PER_CONNECTION, DEFAULT_LISTENERS_PER_CONNECTION, 1, MAX_LISTENERS_PER_CONNECTION,
+            " (Relay accepts at most 25 listeners per hybrid connection)"),
+        inbound_max_body_bytes=_whole_number(env, INBOUND_MAX_BODY_BYTES, *INBOUND_LIMITS[INBOUND_MAX_BODY_BYTES]),
+        inbound_max_concurrent_requests=_whole_number(env, INBOUND_MAX_CONCURRENT_REQUESTS, *INBOUND_LIMITS[INBOUND_MAX_CONCURRENT_REQUESTS]),
+        inbound_max_ws_streams=_whole_number(env, INBOUND_MAX_WS_STREAMS, *INBOUND_LIMITS[INBOUND_MAX_WS_STREAMS]),
+        inbound_ws_idle_seconds=_whole_number(env, INBOUND_WS_IDLE_SECONDS, *INBOUND_LIMITS[INBOUND_WS_IDLE_SECONDS]),
     )
 
 
