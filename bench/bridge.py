@@ -199,7 +199,7 @@ class BridgeBench:
             "INBOUND_ROUTES": "[]",
             "INBOUND_DEFAULT_QUEUE": FANIN_QUEUE,
             "CLAIM_CHECK_CONTAINER": "bench-claimcheck",
-            "LISTENER_WINDOW_SECONDS": "900",  # no window handover inside a figure
+            "LISTENER_WINDOW_SECONDS": "540",  # no window handover inside a figure (540 s: the longest the app accepts)
             LISTENERS_SETTING: str(listeners),
             "PYTHONUNBUFFERED": "1",
             **self.emu.identity_env(),
