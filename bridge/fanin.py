@@ -28,8 +28,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from azure.storage.blob import ContentSettings
-
 from . import storage
 
 QUEUE_MESSAGE_LIMIT = 64 * 1024
@@ -97,6 +95,8 @@ async def store(message: dict, body: bytes, *, queue: str, container: str, conte
     if encoded_size(inline) <= QUEUE_MESSAGE_LIMIT:
         await queue_client.send_message(inline, time_to_live=-1)
         return Stored(queue, False)
+    from azure.storage.blob import ContentSettings  # on first use: the blob SDK is a large import
+
     blob_name = claim_check_blob_name(message)
     container_client = await storage.container(container)
     await container_client.upload_blob(

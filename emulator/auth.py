@@ -17,6 +17,7 @@ the configured grace, and the ``oid`` looked up in ``roleAssignments``.
 
 from __future__ import annotations
 
+import functools
 import time
 from urllib.parse import urlsplit
 
@@ -60,6 +61,7 @@ def scope_covers(scope: str, target: str) -> bool:
     return t == s or t.startswith(s + "/")
 
 
+@functools.lru_cache(maxsize=256)  # one urlsplit per distinct Host header, not per request
 def _hostname(host: str) -> str:
     """``Host`` header value -> lower-case host name without the port (``[::1]:80`` -> ``::1``)."""
     return (urlsplit(f"//{host}").hostname or host).lower()

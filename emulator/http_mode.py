@@ -30,6 +30,7 @@ from relay import protocol as p
 from relay._frames import BINARY, CONTINUATION, encode_frame
 
 from .auth import SEND, AuthError
+from .ids import tracking_id
 from .listeners import Listener, NoListener
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ class HttpMode:
                 return srv.error(400, MSG_INCOMPLETE_BODY, host, entity)
         # Rendezvous form: the body is not read here; it streams to the listener's rendezvous as it arrives.
 
-        request_id = p.new_tracking_id()
+        request_id = tracking_id()
         address, issued_query, secret = srv.rendezvous_address(
             listener, f"{p.HC_PREFIX}{quote(entity, safe='/')}", f"{p.QUERY_ACTION}={p.ACTION_REQUEST}&{p.QUERY_ID}={request_id}")
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -245,21 +246,21 @@ class HttpMode:
             conn.current = pending
             pending.conn = conn
         self.pending[request_id] = pending
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg.response_timeout_seconds
         try:
             try:
-                # The write is inside the deadline too: a listener that stops reading its control
-                # channel backs the write up (flow control), and its senders must still get 504.
-                if pinned:
-                    assert conn is not None and conn.rendezvous is not None
-                    send = self._deliver(conn.rendezvous, pending)
-                elif inline:
-                    send = listener.send(p.encode_command(command), body if command.body else None)
-                else:
-                    send = listener.send(p.encode_command(p.RequestCommand(address=address, id=request_id)))
-                await asyncio.wait_for(send, cfg.response_timeout_seconds)
-                outcome = await asyncio.wait_for(pending.response, max(0.0, deadline - loop.time()))
+                # One deadline (one timer handle) for the write and the response: the write is
+                # inside it too, since a listener that stops reading its control channel backs
+                # the write up (flow control), and its senders must still get 504. On expiry the
+                # awaited response future is cancelled, as wait_for did.
+                async with asyncio.timeout(cfg.response_timeout_seconds):
+                    if pinned:
+                        assert conn is not None and conn.rendezvous is not None
+                        await self._deliver(conn.rendezvous, pending)
+                    elif inline:
+                        await listener.send(p.encode_command(command), body if command.body else None)
+                    else:
+                        await listener.send(p.encode_command(p.RequestCommand(address=address, id=request_id)))
+                    outcome = await pending.response
             except (ConnectionError, RuntimeError):
                 if pinned:
                     outcome = (DROP, "")

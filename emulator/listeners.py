@@ -68,8 +68,9 @@ class Listener:
     async def send(self, text: str, body: bytes | None = None) -> None:
         """Write one command (and its body) atomically with respect to other writers.
 
-        Both frames leave in one ``writelines`` call (one syscall instead of two per
-        request on the hot path); the channel lock keeps other commands out between them.
+        Both frames leave in one ``write`` of one buffer: one syscall, and over TLS one record
+        instead of one per buffer (a ``writelines`` is encrypted item by item); the channel
+        lock keeps other commands out between them.
         """
         writer = self.ws._writer  # noqa: SLF001
         if writer is None or writer._closing:  # noqa: SLF001
@@ -82,7 +83,7 @@ class Listener:
             if body is None:
                 transport.write(_header(0x1, len(payload)) + payload)
             else:
-                transport.writelines((_header(0x1, len(payload)), payload, _header(0x2, len(body)), body))
+                transport.write(b"".join((_header(0x1, len(payload)), payload, _header(0x2, len(body)), body)))
             protocol = writer.protocol
             if protocol._paused:  # noqa: SLF001 - honour flow control like aiohttp's writer does
                 await _drained(protocol)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from .listeners import _drained, _header
+
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
@@ -80,13 +82,21 @@ async def _pump(src: web.WebSocketResponse, dst: web.WebSocketResponse, label: s
     receive = src.receive
     writer = dst._writer  # noqa: SLF001
     assert writer is not None
-    send = writer.send_frame
+    transport, protocol = writer.transport, writer.protocol
     try:
         while True:
             msg = await receive()
             kind = msg.type
             if kind is _BINARY or kind is _TEXT:
-                await send(msg.data, kind)
+                # The frame goes straight to the transport, header and payload in one write (one
+                # TLS record): what aiohttp's send_frame does for an uncompressed server frame,
+                # without its coroutine and bookkeeping per message. Flow control as aiohttp's.
+                if writer._closing or transport.is_closing():  # noqa: SLF001
+                    raise ConnectionResetError("Cannot write to closing transport")
+                data = msg.data
+                transport.write(_header(kind, len(data)) + data)
+                if protocol._paused:  # noqa: SLF001
+                    await _drained(protocol)
             elif kind is _CLOSE:
                 if service_codes:
                     code, reason = service_close(side, msg.data)

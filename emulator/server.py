@@ -31,6 +31,7 @@ from relay import protocol as p
 from .auth import LISTEN, SEND, AuthError, Authorizer
 from .config import EmulatorConfig
 from .http_mode import HttpMode
+from .ids import tracking_id
 from .listeners import Listener, ListenerRegistry, NoListener
 from .rendezvous import PendingAccept, relay
 
@@ -100,7 +101,8 @@ class RelayServer:
         ``%2F``, so a client that re-quotes the URL (``%2f`` -> ``%2F``) or rebuilds it from parts
         no longer matches (``rendezvousExactUrl``: the raw query must come back byte for byte).
         """
-        a, b, c = (secrets.token_urlsafe(8) for _ in range(3))
+        token = secrets.token_urlsafe(24)  # one urandom call: three 64-bit parts of one 192-bit secret
+        a, b, c = token[:11], token[11:22], token[22:]
         if self.config.rendezvous_exact_url:
             raw_secret, secret = f"{a}%2f{b}%2F{c}", f"{a}/{b}/{c}"
         else:
@@ -187,7 +189,7 @@ class RelayServer:
                                 autoping=self.config.control_ping_policy == "answer")
         peer = request.transport.get_extra_info("peername") if request.transport else None
         listener = Listener(
-            id=params.get(p.QUERY_ID) or p.new_tracking_id(),
+            id=params.get(p.QUERY_ID) or tracking_id(),
             entity=entity,
             ws=ws,
             host=request.host,
@@ -315,7 +317,7 @@ class RelayServer:
         except NoListener as exc:
             return self.error(404, exc.message, host, entity)
 
-        sender_id = params.get(p.QUERY_ID) or p.new_tracking_id()
+        sender_id = params.get(p.QUERY_ID) or tracking_id()
         raw_path = request.raw_path.partition("?")[0]
         app_query = p.filter_sb_hc_query(raw_query)
         address, issued_query, secret = self.rendezvous_address(
