@@ -22,7 +22,11 @@ import logging
 import os
 from typing import Any, Mapping
 
-__all__ = ["configure", "shutdown"]
+from opentelemetry.trace import Span, Status, StatusCode
+
+from relay import tracing
+
+__all__ = ["configure", "end_window_span", "shutdown", "start_window_span"]
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +93,23 @@ def shutdown() -> None:
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+
+
+def start_window_span(connection: str, window_id: str) -> Span:
+    """The ``listener window`` span (a root: what arrives in the window continues each sender's own trace)."""
+    return tracing.tracer().start_span(tracing.LISTENER_WINDOW, attributes={"relay.connection": connection,
+                                                                            "relay.window_id": window_id})
+
+
+_WINDOW_COUNTS = ("httpRequests", "wsStreams", "wsMessages", "stored", "claimChecked", "storeFailures", "restarts")
+
+
+def end_window_span(span: Span, counts: Any) -> None:
+    """End ``span`` with the window's counts (``relay.window.<count>``); a window that could not listen is an error."""
+    if span.is_recording():
+        for name in _WINDOW_COUNTS:
+            span.set_attribute(f"relay.window.{name}", getattr(counts, name))
+        span.set_attribute("relay.window.online", counts.online)
+        if not counts.ok:
+            span.set_status(Status(StatusCode.ERROR, counts.lastError or "the window could not listen"))
+    span.end()

@@ -306,3 +306,116 @@ def test_without_a_provider_an_incoming_traceparent_passes_on_unchanged():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT),
                          env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# -- the remaining spans: token acquisition, the queue function, the listener window, claim-check upload, TrackingId ----
+
+async def test_token_acquisition_spans_say_whether_the_cache_answered(emulator):
+    from relay.credentials import TokenProvider
+
+    provider = TokenProvider(AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE)))
+    EXPORTER.clear()
+    with trace.get_tracer("caller").start_as_current_span("caller") as caller:
+        first = await provider.get_token(emulator.address("orders"))
+        second = await provider.get_token(emulator.address("orders"))
+    assert first is second and provider.fetch_count == 1
+    fetch, hit = [s for s in EXPORTER.get_finished_spans() if s.name == tracing.TOKEN_ACQUISITION]
+    assert fetch.attributes["relay.token.cache_hit"] is False and hit.attributes["relay.token.cache_hit"] is True
+    assert fetch.attributes["relay.credential"] == "sas-key"
+    assert fetch.parent.span_id == hit.parent.span_id == caller.get_span_context().span_id
+    assert not any(first.token in str(v) for s in (fetch, hit) for v in s.attributes.values())  # never the token
+
+
+async def test_a_relay_outbound_envelope_with_traceparent_continues_into_the_relay_request(emulator, bridge_env, tmp_path):  # noqa: F811
+    import json
+
+    from bridge.outbound import process_outbound
+    from bridge.settings import get_settings
+
+    runner, port = await traced_local_service()
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[[connections]]
+name = "orders"
+target = "http://127.0.0.1:{port}"
+[connections.credential]
+type = "connection_string"
+connection_string_env = "TRACE_ORDERS_CS"
+""")
+    agent = Agent(load_config(str(path), {"TRACE_ORDERS_CS": dev_connection_string(emulator, "orders")}))
+    await agent.start()
+    try:
+        async with asyncio.timeout(30):
+            while not agent.readiness()[0]:
+                await asyncio.sleep(0.05)
+        EXPORTER.clear()
+        with trace.get_tracer("producer").start_as_current_span("enqueue", kind=SpanKind.PRODUCER) as producer:
+            trace_headers = tracing.inject()
+        envelope = {"id": "order-7", "connection": "orders", "path": "/orders/7", "method": "PUT",
+                    "headers": {"Content-Type": "application/json", **trace_headers}, "body": "{}"}
+        outcome = await process_outbound(get_settings(), json.dumps(envelope).encode(), message_id="m-1", dequeue_count=1)
+        assert outcome.result == "delivered", outcome
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+
+    spans = {s.name: s for s in EXPORTER.get_finished_spans()}
+    invocation = spans[tracing.FUNCTION_INVOCATION]
+    assert invocation.kind == SpanKind.CONSUMER and invocation.attributes["faas.name"] == "relay_queue_send"
+    chain = [spans["enqueue"], invocation, spans[tracing.RELAY_REQUEST], spans[tracing.AGENT_FORWARD], spans["local service"]]
+    assert {s.context.trace_id for s in chain} == {producer.get_span_context().trace_id}
+    for parent, child in zip(chain, chain[1:]):
+        assert child.parent.span_id == parent.context.span_id, (parent.name, child.name)
+
+
+async def test_listener_window_and_claim_check_upload_spans(emulator, azurite, bridge_env):  # noqa: F811
+    from bridge import listener
+    from bridge.settings import get_settings
+
+    await clear_queue(azurite.connection_string, "app-inbound")
+    EXPORTER.clear()
+    window = asyncio.ensure_future(listener.run_window(get_settings(), "inbound", 4.0, window_id="w-trace"))
+    key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+    big = os.urandom(100 * 1024)  # over the queue's 48 KiB: a claim-check blob
+    async with HybridConnectionClient(emulator.address("inbound"), key, connection_verify=emulator.ca_cert) as client:
+        with trace.get_tracer("sender").start_as_current_span("sender", kind=SpanKind.CLIENT) as sender:
+            headers = {"Content-Type": "application/octet-stream", **tracing.inject()}
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    resp = await client.request("POST", "/misc", body=big, headers=headers)
+                    break
+                except Exception:  # the window is not online yet
+                    await asyncio.sleep(0.1)
+        assert resp.status == 202
+    counts = await window
+    assert counts.claimChecked == 1
+    [message] = await drain_queue(azurite.connection_string, "app-inbound", expect=1)
+    spans = EXPORTER.get_finished_spans()
+    store = next(s for s in spans if s.name == tracing.QUEUE_STORE and s.context.trace_id == sender.get_span_context().trace_id)
+    [upload] = [s for s in spans if s.name == tracing.CLAIM_CHECK_UPLOAD]
+    assert upload.parent.span_id == store.context.span_id and upload.context.trace_id == store.context.trace_id
+    assert upload.attributes["relay.claim_check.size"] == len(big)
+    assert upload.attributes["relay.claim_check.blob"] in message
+    [window_span] = [s for s in spans if s.name == tracing.LISTENER_WINDOW]
+    assert window_span.parent is None  # a root: the messages continue their senders' traces, not the window's
+    assert window_span.attributes["relay.connection"] == "inbound" and window_span.attributes["relay.window_id"] == "w-trace"
+    assert window_span.attributes["relay.window.stored"] == 1 and window_span.attributes["relay.window.claimChecked"] == 1
+    assert window_span.status.is_ok
+
+
+async def test_relay_request_span_names_the_relays_tracking_id_on_errors(emulator):
+    from opentelemetry.trace import StatusCode
+
+    from relay.errors import RelayError
+
+    key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+    EXPORTER.clear()
+    async with HybridConnectionClient(emulator.address("no-such-entity"), key, connection_verify=emulator.ca_cert) as client:
+        with pytest.raises(RelayError) as info:
+            with tracing.relay_request("GET", client.address, "/x") as trace_headers:
+                await client.request("GET", "/x", headers=trace_headers)
+    assert info.value.tracking_id
+    [span] = [s for s in EXPORTER.get_finished_spans() if s.name == tracing.RELAY_REQUEST]
+    assert span.attributes["relay.tracking_id"] == info.value.tracking_id
+    assert span.status.status_code == StatusCode.ERROR
