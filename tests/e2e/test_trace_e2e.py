@@ -38,6 +38,7 @@ from relay import tracing
 from tests.agent.agent_helpers import AgentProcess, toml_str
 from tests.agent.conftest import dev_connection_string
 from tests.app.conftest import clear_queue, drain_queue
+from tests.devhost.helpers import Queues
 
 from .conftest import INBOUND_DEFAULT_QUEUE, ONPREM, BridgeStack, bridge_host_env, stop_process, wait_until
 from .test_app_e2e import inbound_sender, post_inbound, start_listener
@@ -192,7 +193,8 @@ connection_string_env = "TRACE_ORDERS_CS"
 async def traced_stack(emulator, azurite, receiver, tmp_path_factory):
     """The real app under devhost, exporting its spans over OTLP (only the standard OTEL_* settings)."""
     tmp = tmp_path_factory.mktemp("trace-host")
-    await clear_queue(azurite.connection_string, INBOUND_DEFAULT_QUEUE)
+    for queue in (INBOUND_DEFAULT_QUEUE, "relay-outbound", "relay-outbound-failed"):
+        await clear_queue(azurite.connection_string, queue)
     bridge = BridgeStack(bridge_host_env(emulator, azurite, **otel_env(receiver, APP_SERVICE)), tmp / "state", tmp / "devhost.log")
     await bridge.start()
     try:
@@ -232,10 +234,37 @@ async def test_one_http_call_through_devhost_relay_and_agent_is_one_trace(traced
     assert invocation.attributes["faas.trigger"] == "http"
     assert forward.attributes["relay.connection"] == "orders" and forward.attributes["http.response.status_code"] == 201
     assert request.attributes["url.full"].endswith("/orders/items")  # no query: it may carry secrets
-    # every span the app and the agent exported for this call belongs to the caller's trace, none starts its own
-    token_spans = [s for s in receiver.named(tracing.TOKEN_ACQUISITION, APP_SERVICE) if s.trace_id == trace_id]
-    for s in token_spans:
-        assert s.parent_span_id in (invocation.span_id, request.span_id)
+    # the Relay token for this call: fetched from the (emulated) managed identity endpoint inside the relay request
+    [token] = [s for s in receiver.named(tracing.TOKEN_ACQUISITION, APP_SERVICE) if s.trace_id == trace_id]
+    assert token.parent_span_id == request.span_id and token.attributes["relay.token.cache_hit"] is False
+    assert token.attributes["relay.credential"] == "entra"
+
+
+async def test_a_relay_outbound_envelope_with_traceparent_is_one_trace_through_the_queue_function(
+        traced_stack, agent, receiver, local_service, azurite):
+    _, seen = local_service
+    LOCAL_SPANS.clear()
+    with TRACER.start_as_current_span("enqueue", kind=SpanKind.PRODUCER) as producer:
+        trace_headers: dict[str, str] = {}
+        propagate.inject(trace_headers)
+        envelope = {"id": "trace-e2e-1", "connection": ONPREM, "path": "/orders/9", "method": "PUT",
+                    "headers": {"Content-Type": "application/json", **trace_headers}, "body": "{\"n\": 9}"}
+        await Queues(azurite.connection_string).send("relay-outbound", json.dumps(envelope))
+    trace_id, producer_id = hexids(producer)
+
+    def exported():
+        return [s for s in receiver.named(tracing.AGENT_FORWARD, AGENT_SERVICE) if s.trace_id == trace_id]
+    [forward] = await wait_until(exported, 30, "the agent's forward span of the queued envelope")
+    await wait_until(lambda: [s for s in receiver.named(tracing.RELAY_REQUEST, APP_SERVICE) if s.trace_id == trace_id],
+                     30, "the app's relay request span of the queued envelope")
+    [invocation] = [s for s in receiver.named(tracing.FUNCTION_INVOCATION, APP_SERVICE) if s.trace_id == trace_id]
+    [request] = [s for s in receiver.named(tracing.RELAY_REQUEST, APP_SERVICE) if s.trace_id == trace_id]
+    [local] = [s for s in LOCAL_SPANS.get_finished_spans() if s.name == "local service"]
+    assert invocation.parent_span_id == producer_id and invocation.kind == PbSpan.SPAN_KIND_CONSUMER
+    assert invocation.attributes["faas.name"] == "relay_queue_send"
+    assert request.parent_span_id == invocation.span_id and forward.parent_span_id == request.span_id
+    assert hexids(local)[0] == trace_id and f"{local.parent.span_id:016x}" == forward.span_id
+    assert seen[-1]["path"] == "/orders/9" and seen[-1]["body"] == b'{"n": 9}'
 
 
 async def test_an_inbound_message_stored_by_the_durable_listener_carries_a_traceparent_a_consumer_continues(
