@@ -41,15 +41,18 @@ def configure(environ: Mapping[str, str] | None = None) -> str:
         return _mode
     env = os.environ if environ is None else environ
     _mode = "none"
+    packages = ""
     try:
         if env.get("APPLICATIONINSIGHTS_CONNECTION_STRING"):
+            packages = "azure-monitor-opentelemetry"
             _configure_azure_monitor(env)
             _mode = "azure-monitor"
         elif env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            packages = "opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http"
             _configure_otlp()
             _mode = "otlp"
     except ImportError as exc:
-        log.warning("tracing is off: %s is not installed (pip install -r requirements.txt)", exc.name)
+        log.warning("tracing is off: module %s is not installed; deploy the app with %s", exc.name, packages)
     except Exception as exc:  # a bad OTEL_* value must not stop the app from serving
         log.warning("tracing is off: %s: %s", type(exc).__name__, exc)
     return _mode

@@ -419,3 +419,52 @@ async def test_relay_request_span_names_the_relays_tracking_id_on_errors(emulato
     [span] = [s for s in EXPORTER.get_finished_spans() if s.name == tracing.RELAY_REQUEST]
     assert span.attributes["relay.tracking_id"] == info.value.tracking_id
     assert span.status.status_code == StatusCode.ERROR
+
+
+# -- bridge/telemetry.py: which exporter the Functions app installs ------------------------------------------------------
+
+def _app_telemetry(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT),
+                          env={**base, **env}, timeout=60)
+
+
+def test_app_telemetry_without_settings_installs_nothing_and_imports_no_sdk():
+    out = _app_telemetry({}, "import sys\nfrom bridge import telemetry\nprint(telemetry.configure())\n"
+                             "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'azure.monitor'))))\n")
+    assert out.stdout.split("\n")[:2] == ["none", "[]"], out.stderr
+
+
+def test_app_telemetry_with_an_otlp_endpoint_installs_the_sdk_with_the_otlp_exporter():
+    code = ("from opentelemetry import trace\nfrom bridge import telemetry\nprint(telemetry.configure())\n"
+            "p = trace.get_tracer_provider()\n"
+            "print(type(p).__name__, p.resource.attributes['service.name'])\n"
+            "print(type(p._active_span_processor._span_processors[0].span_exporter).__name__)\n"
+            "telemetry.shutdown()\n")
+    out = _app_telemetry({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces", "OTEL_SERVICE_NAME": "bridge-x"}, code)
+    assert out.stdout.split("\n")[:3] == ["otlp", "TracerProvider bridge-x", "OTLPSpanExporter"], out.stderr
+
+
+def test_app_telemetry_with_application_insights_uses_the_distro_or_says_it_is_missing():
+    import importlib.util
+
+    env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                                                    "IngestionEndpoint=http://127.0.0.1:9/",
+           "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "ClientId=11111111-2222-3333-4444-555555555555;Authorization=AAD"}
+    out = _app_telemetry(env, "import logging\nlogging.basicConfig()\nfrom bridge import telemetry\nprint(telemetry.configure(), flush=True)\n"
+                              "import os\nos._exit(0)\n")  # no export attempt at exit
+    if importlib.util.find_spec("azure.monitor") is None or importlib.util.find_spec("azure.monitor.opentelemetry") is None:
+        assert out.stdout.strip() == "none", out.stderr
+        assert "tracing is off: module azure.monitor" in out.stderr and "azure-monitor-opentelemetry" in out.stderr
+    else:
+        assert out.stdout.strip() == "azure-monitor", out.stderr
+
+
+def test_app_telemetry_reads_the_entra_setting_as_infra_writes_it():
+    from bridge.telemetry import entra_client_id
+
+    assert entra_client_id("Authorization=AAD") == (True, None)
+    assert entra_client_id("ClientId=11111111-2222-3333-4444-555555555555;Authorization=AAD") == (
+        True, "11111111-2222-3333-4444-555555555555")
+    assert entra_client_id(None) == (False, None)
+    assert entra_client_id("") == (False, None)
