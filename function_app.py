@@ -6,7 +6,9 @@ Everything else lives in the ``bridge`` package (see docs/app.md).
 import azure.durable_functions as df
 import azure.functions as func
 
-from bridge import admin, http_send, listener_orchestration, queue_send
+from bridge import admin, http_send, listener_orchestration, queue_send, telemetry
+
+telemetry.configure()  # Azure Monitor / OTLP when configured, else nothing (docs/app.md, Tracing)
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(http_send.bp)

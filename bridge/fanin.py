@@ -28,6 +28,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from relay import tracing
+
 from . import storage
 
 QUEUE_MESSAGE_LIMIT = 64 * 1024
@@ -99,11 +101,12 @@ async def store(message: dict, body: bytes, *, queue: str, container: str, conte
 
     blob_name = claim_check_blob_name(message)
     container_client = await storage.container(container)
-    await container_client.upload_blob(
-        blob_name, body, overwrite=True,
-        content_settings=ContentSettings(content_type=content_type or "application/octet-stream"),
-        metadata={"connection": message["connection"].replace("/", "_"), "messageid": message["id"]},
-    )
+    with tracing.span(tracing.CLAIM_CHECK_UPLOAD, attributes={"relay.claim_check.blob": blob_name, "relay.claim_check.size": len(body)}):
+        await container_client.upload_blob(
+            blob_name, body, overwrite=True,
+            content_settings=ContentSettings(content_type=content_type or "application/octet-stream"),
+            metadata={"connection": message["connection"].replace("/", "_"), "messageid": message["id"]},
+        )
     reference = {
         **message,
         "claimCheck": {"container": container, "blob": blob_name, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()},

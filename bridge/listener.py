@@ -34,7 +34,7 @@ from relay import tracing
 from relay.listener import AcceptContext, HybridConnectionListener, RelayedHttpRequest, RelayedHttpResponse
 from relay.stream import HybridConnectionStream
 
-from . import fanin, storage
+from . import fanin, storage, telemetry
 from .credentials import get_credential
 from .headers import MESSAGE_ID_HEADER, inbound_headers, strip_credentials_from_query
 from .routing import route
@@ -247,6 +247,7 @@ async def run_window(settings: Settings, connection: str, seconds: float, *, win
     counts = WindowCounts(connection=connection, windowId=window_id or str(uuid.uuid4()), startedAt=fanin.utc_now_text())
     window = _Window(settings, connection, counts)
     started = time.monotonic()
+    window_span = telemetry.start_window_span(connection, counts.windowId)
 
     beat_now = asyncio.Event()
 
@@ -298,6 +299,7 @@ async def run_window(settings: Settings, connection: str, seconds: float, *, win
     counts.seconds = round(time.monotonic() - started, 3)
     counts.endedAt = fanin.utc_now_text()
     await _end_heartbeat(settings, counts)
+    telemetry.end_window_span(window_span, counts)
     return counts
 
 

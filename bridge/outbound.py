@@ -30,6 +30,10 @@ import logging
 import os
 from dataclasses import dataclass
 
+from opentelemetry.trace import SpanKind
+
+from relay import tracing
+
 from . import storage
 from .envelope import EnvelopeError, parse_message
 from .fanin import utc_now_text
@@ -114,22 +118,25 @@ async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, d
     except (ValueError, TypeError, RecursionError) as exc:  # any other parse failure is as permanent
         return await poison(f"malformed envelope: {type(exc).__name__}: {exc}"[:500], "malformed_envelope")
 
-    try:
-        reply = await send_http(settings, connection, method=message.method, path=message.path, body=message.body, headers=message.headers)
-    except SendFailure as failure:
-        if failure.transient and attempt < last_attempt:
-            raise RetryLater(f"attempt {attempt}/{last_attempt}: {failure.message}") from failure
-        reason = failure.message if not failure.transient else f"gave up after {attempt} attempts: {failure.message}"
-        return await poison(reason, failure.code)
+    # The function invocation continues the envelope's "traceparent" header (docs/app.md, Tracing).
+    with tracing.span(tracing.FUNCTION_INVOCATION, kind=SpanKind.CONSUMER, context=tracing.extract(message.headers),
+                      attributes={"faas.trigger": "pubsub", "faas.name": "relay_queue_send", "messaging.message.id": message_id}):
+        try:
+            reply = await send_http(settings, connection, method=message.method, path=message.path, body=message.body, headers=message.headers)
+        except SendFailure as failure:
+            if failure.transient and attempt < last_attempt:
+                raise RetryLater(f"attempt {attempt}/{last_attempt}: {failure.message}") from failure
+            reason = failure.message if not failure.transient else f"gave up after {attempt} attempts: {failure.message}"
+            return await poison(reason, failure.code)
 
-    if reply.status < 400:
-        return Outcome("delivered", reply.status)
-    text = f"the listener on {connection!r} answered {reply.status} {reply.reason}".strip()
-    snippet = reply.body[:200].decode("utf-8", "replace").strip()
-    if snippet:
-        text += f": {snippet}"
-    if reply.status >= 500 or reply.status in TRANSIENT_LISTENER_STATUSES:
-        if attempt < last_attempt:
-            raise RetryLater(f"attempt {attempt}/{last_attempt}: {text}")
-        return await poison(f"gave up after {attempt} attempts: {text}", "listener_error", reply.status)
-    return await poison(text, "listener_rejected", reply.status)
+        if reply.status < 400:
+            return Outcome("delivered", reply.status)
+        text = f"the listener on {connection!r} answered {reply.status} {reply.reason}".strip()
+        snippet = reply.body[:200].decode("utf-8", "replace").strip()
+        if snippet:
+            text += f": {snippet}"
+        if reply.status >= 500 or reply.status in TRANSIENT_LISTENER_STATUSES:
+            if attempt < last_attempt:
+                raise RetryLater(f"attempt {attempt}/{last_attempt}: {text}")
+            return await poison(f"gave up after {attempt} attempts: {text}", "listener_error", reply.status)
+        return await poison(text, "listener_rejected", reply.status)

@@ -34,6 +34,7 @@ from typing import Any, Awaitable, Callable, Union
 
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 
+from . import tracing
 from .sas import RELAY_SCOPE, generate_sas_token, is_sas_token, sas_resource_uri, token_expiry
 
 __all__ = [
@@ -172,18 +173,21 @@ class TokenProvider:
         """A valid token for ``address``; ``None`` for anonymous. Concurrent callers share one fetch."""
         if self.kind == "none":
             return None
-        key = self._cache_key(address)
-        cached = self._cache.get(key)
-        now = time.time()
-        if cached is not None and now < cached.refresh_at:
-            return cached
-        task = self._inflight.get(key)
-        if task is None:
-            # The fetch runs in its own task so that a caller being cancelled never fails the others.
-            task = asyncio.get_running_loop().create_task(self._refresh(key, address, cached))
-            self._inflight[key] = task
-            task.add_done_callback(_retrieve_exception)
-        return await asyncio.shield(task)
+        with tracing.span(tracing.TOKEN_ACQUISITION, attributes={"relay.credential": self.kind}) as span:
+            key = self._cache_key(address)
+            cached = self._cache.get(key)
+            now = time.time()
+            if cached is not None and now < cached.refresh_at:
+                span.set_attribute("relay.token.cache_hit", True)
+                return cached
+            span.set_attribute("relay.token.cache_hit", False)  # a fetch, or joining one in flight
+            task = self._inflight.get(key)
+            if task is None:
+                # The fetch runs in its own task so that a caller being cancelled never fails the others.
+                task = asyncio.get_running_loop().create_task(self._refresh(key, address, cached))
+                self._inflight[key] = task
+                task.add_done_callback(_retrieve_exception)
+            return await asyncio.shield(task)
 
     async def _refresh(self, key: str, address: str, cached: RelayToken | None) -> RelayToken:
         try:

@@ -14,7 +14,7 @@ Trace context travels as W3C ``traceparent`` / ``tracestate`` HTTP headers, thro
 
 Span names (one vocabulary for the library, the agent and the app): :data:`RELAY_REQUEST`,
 :data:`RELAY_CONNECT`, :data:`AGENT_FORWARD`, :data:`TOKEN_ACQUISITION`, :data:`FUNCTION_INVOCATION`,
-:data:`QUEUE_STORE`.
+:data:`QUEUE_STORE`, :data:`CLAIM_CHECK_UPLOAD`, :data:`LISTENER_WINDOW`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from .paths import CanonicalPath
 
 __all__ = [
     "AGENT_FORWARD",
+    "CLAIM_CHECK_UPLOAD",
     "FUNCTION_INVOCATION",
+    "LISTENER_WINDOW",
     "QUEUE_STORE",
     "RELAY_CONNECT",
     "RELAY_REQUEST",
@@ -57,6 +59,11 @@ FUNCTION_INVOCATION = "function invocation"
 """The Functions app handling one trigger (SERVER for HTTP)."""
 QUEUE_STORE = "queue store"
 """The bridge storing one inbound message in a queue (PRODUCER); the message's ``traceparent`` field continues it."""
+
+CLAIM_CHECK_UPLOAD = "claim-check upload"
+"""The bridge putting a large inbound body in a blob (child of its :data:`QUEUE_STORE`)."""
+LISTENER_WINDOW = "listener window"
+"""One durable listener activity window (INTERNAL, a root span); its counts are attributes at the end."""
 
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 """The W3C trace-context headers (lower case); a forwarder replaces them with its own span's."""
@@ -107,10 +114,24 @@ def carry(headers: Mapping[str, str] | None = None) -> dict[str, str]:
 @contextlib.contextmanager
 def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, context: Context | None = None,
          attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
-    """Start ``name`` as the current span (child of ``context`` when given); exceptions are recorded and mark it failed."""
+    """Start ``name`` as the current span (child of ``context`` when given); exceptions are recorded and mark it failed.
+
+    A relay error's TrackingId (``RelayError.tracking_id``, what Azure support asks for) becomes ``relay.tracking_id``.
+    Without a configured provider and without ``context``, this yields the current (non-recording) span and does
+    nothing else: the same propagated context as a new no-op span, at a tenth of the cost on hot paths (token cache hits).
+    """
+    if context is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        yield trace.get_current_span()
+        return
     with tracer().start_as_current_span(name, context=context, kind=kind, attributes=dict(attributes or {}),
                                         record_exception=True, set_status_on_exception=True) as current:
-        yield current
+        try:
+            yield current
+        except BaseException as exc:
+            tracking_id = getattr(exc, "tracking_id", None)
+            if tracking_id and current.is_recording():
+                current.set_attribute("relay.tracking_id", str(tracking_id))
+            raise
 
 
 def set_http_status(current: Span, status: int) -> None:

@@ -306,3 +306,165 @@ def test_without_a_provider_an_incoming_traceparent_passes_on_unchanged():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT),
                          env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# -- the remaining spans: token acquisition, the queue function, the listener window, claim-check upload, TrackingId ----
+
+async def test_token_acquisition_spans_say_whether_the_cache_answered(emulator):
+    from relay.credentials import TokenProvider
+
+    provider = TokenProvider(AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE)))
+    EXPORTER.clear()
+    with trace.get_tracer("caller").start_as_current_span("caller") as caller:
+        first = await provider.get_token(emulator.address("orders"))
+        second = await provider.get_token(emulator.address("orders"))
+    assert first is second and provider.fetch_count == 1
+    fetch, hit = [s for s in EXPORTER.get_finished_spans() if s.name == tracing.TOKEN_ACQUISITION]
+    assert fetch.attributes["relay.token.cache_hit"] is False and hit.attributes["relay.token.cache_hit"] is True
+    assert fetch.attributes["relay.credential"] == "sas-key"
+    assert fetch.parent.span_id == hit.parent.span_id == caller.get_span_context().span_id
+    assert not any(first.token in str(v) for s in (fetch, hit) for v in s.attributes.values())  # never the token
+
+
+async def test_a_relay_outbound_envelope_with_traceparent_continues_into_the_relay_request(emulator, bridge_env, tmp_path):  # noqa: F811
+    import json
+
+    from bridge.outbound import process_outbound
+    from bridge.settings import get_settings
+
+    runner, port = await traced_local_service()
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[[connections]]
+name = "orders"
+target = "http://127.0.0.1:{port}"
+[connections.credential]
+type = "connection_string"
+connection_string_env = "TRACE_ORDERS_CS"
+""")
+    agent = Agent(load_config(str(path), {"TRACE_ORDERS_CS": dev_connection_string(emulator, "orders")}))
+    await agent.start()
+    try:
+        async with asyncio.timeout(30):
+            while not agent.readiness()[0]:
+                await asyncio.sleep(0.05)
+        EXPORTER.clear()
+        with trace.get_tracer("producer").start_as_current_span("enqueue", kind=SpanKind.PRODUCER) as producer:
+            trace_headers = tracing.inject()
+        envelope = {"id": "order-7", "connection": "orders", "path": "/orders/7", "method": "PUT",
+                    "headers": {"Content-Type": "application/json", **trace_headers}, "body": "{}"}
+        outcome = await process_outbound(get_settings(), json.dumps(envelope).encode(), message_id="m-1", dequeue_count=1)
+        assert outcome.result == "delivered", outcome
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+
+    spans = {s.name: s for s in EXPORTER.get_finished_spans()}
+    invocation = spans[tracing.FUNCTION_INVOCATION]
+    assert invocation.kind == SpanKind.CONSUMER and invocation.attributes["faas.name"] == "relay_queue_send"
+    chain = [spans["enqueue"], invocation, spans[tracing.RELAY_REQUEST], spans[tracing.AGENT_FORWARD], spans["local service"]]
+    assert {s.context.trace_id for s in chain} == {producer.get_span_context().trace_id}
+    for parent, child in zip(chain, chain[1:]):
+        assert child.parent.span_id == parent.context.span_id, (parent.name, child.name)
+
+
+async def test_listener_window_and_claim_check_upload_spans(emulator, azurite, bridge_env):  # noqa: F811
+    from bridge import listener
+    from bridge.settings import get_settings
+
+    await clear_queue(azurite.connection_string, "app-inbound")
+    EXPORTER.clear()
+    window = asyncio.ensure_future(listener.run_window(get_settings(), "inbound", 4.0, window_id="w-trace"))
+    key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+    big = os.urandom(100 * 1024)  # over the queue's 48 KiB: a claim-check blob
+    async with HybridConnectionClient(emulator.address("inbound"), key, connection_verify=emulator.ca_cert) as client:
+        with trace.get_tracer("sender").start_as_current_span("sender", kind=SpanKind.CLIENT) as sender:
+            headers = {"Content-Type": "application/octet-stream", **tracing.inject()}
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    resp = await client.request("POST", "/misc", body=big, headers=headers)
+                    break
+                except Exception:  # the window is not online yet
+                    await asyncio.sleep(0.1)
+        assert resp.status == 202
+    counts = await window
+    assert counts.claimChecked == 1
+    [message] = await drain_queue(azurite.connection_string, "app-inbound", expect=1)
+    spans = EXPORTER.get_finished_spans()
+    store = next(s for s in spans if s.name == tracing.QUEUE_STORE and s.context.trace_id == sender.get_span_context().trace_id)
+    [upload] = [s for s in spans if s.name == tracing.CLAIM_CHECK_UPLOAD]
+    assert upload.parent.span_id == store.context.span_id and upload.context.trace_id == store.context.trace_id
+    assert upload.attributes["relay.claim_check.size"] == len(big)
+    assert upload.attributes["relay.claim_check.blob"] in message
+    [window_span] = [s for s in spans if s.name == tracing.LISTENER_WINDOW]
+    assert window_span.parent is None  # a root: the messages continue their senders' traces, not the window's
+    assert window_span.attributes["relay.connection"] == "inbound" and window_span.attributes["relay.window_id"] == "w-trace"
+    assert window_span.attributes["relay.window.stored"] == 1 and window_span.attributes["relay.window.claimChecked"] == 1
+    assert window_span.status.is_ok
+
+
+async def test_relay_request_span_names_the_relays_tracking_id_on_errors(emulator):
+    from opentelemetry.trace import StatusCode
+
+    from relay.errors import RelayError
+
+    key = AzureNamedKeyCredential(ROOT_RULE, emulator.sas_key(ROOT_RULE))
+    EXPORTER.clear()
+    async with HybridConnectionClient(emulator.address("no-such-entity"), key, connection_verify=emulator.ca_cert) as client:
+        with pytest.raises(RelayError) as info:
+            with tracing.relay_request("GET", client.address, "/x") as trace_headers:
+                await client.request("GET", "/x", headers=trace_headers)
+    assert info.value.tracking_id
+    [span] = [s for s in EXPORTER.get_finished_spans() if s.name == tracing.RELAY_REQUEST]
+    assert span.attributes["relay.tracking_id"] == info.value.tracking_id
+    assert span.status.status_code == StatusCode.ERROR
+
+
+# -- bridge/telemetry.py: which exporter the Functions app installs ------------------------------------------------------
+
+def _app_telemetry(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT),
+                          env={**base, **env}, timeout=60)
+
+
+def test_app_telemetry_without_settings_installs_nothing_and_imports_no_sdk():
+    out = _app_telemetry({}, "import sys\nfrom bridge import telemetry\nprint(telemetry.configure())\n"
+                             "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'azure.monitor'))))\n")
+    assert out.stdout.split("\n")[:2] == ["none", "[]"], out.stderr
+
+
+def test_app_telemetry_with_an_otlp_endpoint_installs_the_sdk_with_the_otlp_exporter():
+    code = ("from opentelemetry import trace\nfrom bridge import telemetry\nprint(telemetry.configure())\n"
+            "p = trace.get_tracer_provider()\n"
+            "print(type(p).__name__, p.resource.attributes['service.name'])\n"
+            "print(type(p._active_span_processor._span_processors[0].span_exporter).__name__)\n"
+            "telemetry.shutdown()\n")
+    out = _app_telemetry({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces", "OTEL_SERVICE_NAME": "bridge-x"}, code)
+    assert out.stdout.split("\n")[:3] == ["otlp", "TracerProvider bridge-x", "OTLPSpanExporter"], out.stderr
+
+
+def test_app_telemetry_with_application_insights_uses_the_distro_or_says_it_is_missing():
+    import importlib.util
+
+    env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                                                    "IngestionEndpoint=http://127.0.0.1:9/",
+           "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "ClientId=11111111-2222-3333-4444-555555555555;Authorization=AAD"}
+    out = _app_telemetry(env, "import logging\nlogging.basicConfig()\nfrom bridge import telemetry\nprint(telemetry.configure(), flush=True)\n"
+                              "import os\nos._exit(0)\n")  # no export attempt at exit
+    if importlib.util.find_spec("azure.monitor") is None or importlib.util.find_spec("azure.monitor.opentelemetry") is None:
+        assert out.stdout.strip() == "none", out.stderr
+        assert "tracing is off: module azure.monitor" in out.stderr and "azure-monitor-opentelemetry" in out.stderr
+    else:
+        assert out.stdout.strip() == "azure-monitor", out.stderr
+
+
+def test_app_telemetry_reads_the_entra_setting_as_infra_writes_it():
+    from bridge.telemetry import entra_client_id
+
+    assert entra_client_id("Authorization=AAD") == (True, None)
+    assert entra_client_id("ClientId=11111111-2222-3333-4444-555555555555;Authorization=AAD") == (
+        True, "11111111-2222-3333-4444-555555555555")
+    assert entra_client_id(None) == (False, None)
+    assert entra_client_id("") == (False, None)
