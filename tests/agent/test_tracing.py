@@ -445,19 +445,18 @@ def test_app_telemetry_with_an_otlp_endpoint_installs_the_sdk_with_the_otlp_expo
     assert out.stdout.split("\n")[:3] == ["otlp", "TracerProvider bridge-x", "OTLPSpanExporter"], out.stderr
 
 
-def test_app_telemetry_with_application_insights_uses_the_distro_or_says_it_is_missing():
-    import importlib.util
-
+def test_app_telemetry_with_application_insights_uses_the_distro_with_the_managed_identity():
     env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
                                                     "IngestionEndpoint=http://127.0.0.1:9/",
            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "ClientId=11111111-2222-3333-4444-555555555555;Authorization=AAD"}
-    out = _app_telemetry(env, "import logging\nlogging.basicConfig()\nfrom bridge import telemetry\nprint(telemetry.configure(), flush=True)\n"
-                              "import os\nos._exit(0)\n")  # no export attempt at exit
-    if importlib.util.find_spec("azure.monitor") is None or importlib.util.find_spec("azure.monitor.opentelemetry") is None:
-        assert out.stdout.strip() == "none", out.stderr
-        assert "tracing is off: module azure.monitor" in out.stderr and "azure-monitor-opentelemetry" in out.stderr
-    else:
-        assert out.stdout.strip() == "azure-monitor", out.stderr
+    code = ("import logging\nlogging.basicConfig()\nfrom bridge import telemetry\nprint(telemetry.configure(), flush=True)\n"
+            "from opentelemetry import trace\n"
+            "p = trace.get_tracer_provider()\n"
+            "exporter = p._active_span_processor._span_processors[-1].span_exporter\n"
+            "print(type(exporter).__name__, type(exporter._credential).__name__, flush=True)\n"
+            "import os\nos._exit(0)\n")  # no export attempt at exit
+    out = _app_telemetry(env, code)
+    assert out.stdout.split("\n")[:2] == ["azure-monitor", "AzureMonitorTraceExporter ManagedIdentityCredential"], out.stderr
 
 
 def test_app_telemetry_reads_the_entra_setting_as_infra_writes_it():
