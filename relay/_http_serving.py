@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json.encoder
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +33,16 @@ import aiohttp
 
 from ._rendezvous import RendezvousClosed, RendezvousSocket
 from .errors import ConnectionLostError, RelayError
-from .protocol import INLINE_LIMIT, ProtocolError, RequestCommand, ResponseCommand, decode_command, encode_command
+from .protocol import INLINE_LIMIT, ProtocolError, RequestCommand, decode_command
 from .relayed_http import RelayedHttpRequest, RelayedHttpResponse, reason_phrase, response_headers
 
 if TYPE_CHECKING:
     from .listener import HybridConnectionListener
 
 _log = logging.getLogger("relay.listener")
+
+# A JSON string literal, escaped as the command encoder (``ensure_ascii=False``) escapes it.
+_json_str = json.encoder.encode_basestring
 
 MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
 MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
@@ -254,7 +258,12 @@ class HttpServing:
 
 
 def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str, Any, bool]:
-    """The ``response`` JSON, the body (bytes, or an async iterable when streamed) and whether it is streamed."""
+    """The ``response`` JSON, the body (bytes, or an async iterable when streamed) and whether it is streamed.
+
+    The JSON is written from a template, byte for byte what :func:`relay.protocol.encode_command`
+    gives for the same :class:`ResponseCommand` (a test holds the two together): only the strings
+    need escaping, which the C string encoder does, so no dict is built and walked per response.
+    """
     body = response.body
     text = isinstance(body, str)
     if text:
@@ -262,14 +271,16 @@ def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str
     elif body is None:
         body = b""
     streamed = not isinstance(body, (bytes, bytearray, memoryview))
-    head = encode_command(
-        ResponseCommand(
-            request_id=request_id,
-            status_code=response.status,
-            status_description=reason_phrase(response.status, response.reason),
-            response_headers=response_headers(response.headers, text),
-            body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
-        )
+    headers = response_headers(response.headers, text)
+    if headers:
+        fields = ",".join([f"{_json_str(name)}:{_json_str(value)}" for name, value in headers.items()])
+    else:
+        fields = ""
+    has_body = "true" if streamed or len(body) > 0 else "false"  # type: ignore[arg-type]
+    head = (
+        f'{{"response":{{"requestId":{_json_str(request_id)},"statusCode":{int(response.status)},'
+        f'"responseHeaders":{{{fields}}},"body":{has_body},'
+        f'"statusDescription":{_json_str(reason_phrase(response.status, response.reason))}}}}}'
     )
     return head, body, streamed
 

@@ -1,0 +1,55 @@
+"""The listener's per-request fast paths give exactly what the general code gives.
+
+The response command is written from a template and request commands skip copying header
+values that are already strings: these tests hold each fast path to the plain definition in
+:mod:`relay.protocol`, byte for byte, on arbitrary input.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay import protocol as p
+from relay._http_serving import encode_response
+from relay.relayed_http import RelayedHttpResponse, reason_phrase, response_headers
+
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+header_names = st.sampled_from(["Content-Type", "X-A", "x-a", "Connection", "Set-Cookie", "ETag", "Ü-Name", 'q"uote'])
+header_values = st.one_of(texts, st.integers(), st.just("a\r\nInjected: 1"))
+header_sets = st.one_of(
+    st.none(),
+    st.dictionaries(header_names, header_values, max_size=6),
+    st.lists(st.tuples(header_names, header_values), max_size=6),
+)
+bodies = st.one_of(st.none(), st.binary(max_size=8), texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(request_id=texts, status=st.integers(100, 999), reason=st.one_of(st.none(), texts), headers=header_sets, body=bodies)
+def test_response_template_matches_the_command_encoder(request_id, status, reason, headers, body):
+    response = RelayedHttpResponse(status, headers=headers, body=body, reason=reason)
+    head, payload, streamed = encode_response(request_id, response)
+    text = isinstance(body, str)
+    expected = p.encode_command(
+        p.ResponseCommand(
+            request_id=request_id,
+            status_code=status,
+            status_description=reason_phrase(status, reason),
+            response_headers=response_headers(headers, text),
+            body=bool(body),
+        )
+    )
+    assert head == expected
+    assert not streamed
+    assert payload == (body.encode() if text else body or b"")
+    if request_id:  # the decoder requires an id; the listener always has one
+        decoded = p.decode_command(head)
+        assert decoded.status_code == status and decoded.request_id == request_id
+
+
+def test_response_headers_scrub_and_fold():
+    out = response_headers([("X-A", "1"), ("x-a", 2), ("Connection", "close"), ("B", "v\r\nEvil: 1")], True)
+    assert out == {"X-A": "1, 2", "B": "v  Evil: 1", "Content-Type": "text/plain; charset=utf-8"}
+    assert response_headers(None, False) == {}
+    assert response_headers({}, True) == {"Content-Type": "text/plain; charset=utf-8"}
