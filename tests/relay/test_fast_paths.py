@@ -53,3 +53,19 @@ def test_response_headers_scrub_and_fold():
     assert out == {"X-A": "1, 2", "B": "v  Evil: 1", "Content-Type": "text/plain; charset=utf-8"}
     assert response_headers(None, False) == {}
     assert response_headers({}, True) == {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=st.dictionaries(texts, st.one_of(texts, st.integers(), st.booleans(), st.none()), max_size=5),
+       port=st.one_of(st.integers(0, 65535), st.text(st.sampled_from("0123456789"), min_size=1, max_size=5), st.booleans()))
+def test_request_decode_gives_string_headers_and_endpoint(headers, port):
+    import json
+
+    text = json.dumps({"request": {"id": "r1", "address": "wss://h/$hc/e", "method": "GET", "requestTarget": "/e",
+                                   "requestHeaders": headers, "remoteEndpoint": {"address": "10.0.0.1", "port": port},
+                                   "body": False}})
+    command = p.decode_command(text)
+    assert command.request_headers == {str(k): v if isinstance(v, str) else str(v) for k, v in headers.items()}
+    assert all(type(v) is str for v in command.request_headers.values())
+    assert command.remote_endpoint == p.RemoteEndpoint("10.0.0.1", int(port))
+    assert type(command.remote_endpoint.port) is int
