@@ -117,8 +117,7 @@ class HttpServing:
         try:
             result = handler(request)
             if inspect.isawaitable(result):
-                async with asyncio.timeout(lst._handler_timeout):  # no extra task, unlike wait_for
-                    result = await result
+                result = await _within(result, lst._handler_timeout)
         except TimeoutError:
             _log.error("request handler did not answer %s %s within %g s", request.method, request.target, lst._handler_timeout)
             return RelayedHttpResponse(HANDLER_TIMEOUT_STATUS, body=MSG_HANDLER_TIMEOUT)
@@ -283,6 +282,34 @@ def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str
         f'"statusDescription":{_json_str(reason_phrase(response.status, response.reason))}}}}}'
     )
     return head, body, streamed
+
+
+async def _within(awaitable: Any, timeout: float) -> Any:
+    """``await awaitable`` in the current task, cancelled with :class:`TimeoutError` after ``timeout`` s.
+
+    What ``asyncio.timeout`` does, with one timer handle and no context-manager object per
+    request: the handle cancels the task, and a cancellation that the handle caused (and nobody
+    else asked for) becomes ``TimeoutError``.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = task.get_loop()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    handle = loop.call_at(loop.time() + timeout, expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if expired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
 
 
 async def _chunks(chunks: Any) -> Any:

@@ -69,3 +69,48 @@ def test_request_decode_gives_string_headers_and_endpoint(headers, port):
     assert all(type(v) is str for v in command.request_headers.values())
     assert command.remote_endpoint == p.RemoteEndpoint("10.0.0.1", int(port))
     assert type(command.remote_endpoint.port) is int
+
+
+async def test_handler_deadline_times_out_and_leaves_other_cancellations_alone():
+    import asyncio
+
+    from relay._http_serving import _within
+
+    async def value():
+        await asyncio.sleep(0)
+        return 7
+
+    assert await _within(value(), 5) == 7
+    try:
+        await _within(asyncio.sleep(10), 0.01)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("no TimeoutError")
+    # A cancellation from outside stays a cancellation, and the task is not left cancelled.
+    started = asyncio.Event()
+
+    async def outer():
+        async def wait():
+            started.set()
+            await asyncio.sleep(10)
+        return await _within(wait(), 5)
+
+    task = asyncio.ensure_future(outer())
+    await started.wait()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    assert task.cancelled()
+    # After a timeout the task goes on normally (nothing pending from the timer).
+    async def after_timeout():
+        try:
+            await _within(asyncio.sleep(10), 0.01)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.02)
+        return asyncio.current_task().cancelling()
+
+    assert await after_timeout() == 0
