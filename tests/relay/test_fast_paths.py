@@ -114,3 +114,24 @@ async def test_handler_deadline_times_out_and_leaves_other_cancellations_alone()
         return asyncio.current_task().cancelling()
 
     assert await after_timeout() == 0
+
+
+async def test_sender_caches_keep_paths_checked_and_entities_apart():
+    import pytest
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    from relay import HybridConnectionClient
+    from relay.paths import PathError
+    from relay.sas import sas_resource_uri
+
+    credential = AzureNamedKeyCredential("k", "a2V5")
+    async with HybridConnectionClient("sb://127.0.0.1:9/orders", credential, use_tls=False) as client:
+        for _ in range(2):  # refused every time, never remembered
+            with pytest.raises(PathError):
+                await client.request("GET", "/a/../../secrets")
+        provider = client.token_provider
+        for address in ("sb://h/orders", "sb://h/billing", "sb://h/orders"):
+            assert provider._cache_key(address) == sas_resource_uri(address)
+        one = await provider.get_token("sb://h/orders")
+        other = await provider.get_token("sb://h/billing")
+        assert one.token != other.token
