@@ -135,3 +135,46 @@ async def test_sender_caches_keep_paths_checked_and_entities_apart():
         one = await provider.get_token("sb://h/orders")
         other = await provider.get_token("sb://h/billing")
         assert one.token != other.token
+
+
+async def test_stream_keepalive_pings_and_drops_a_silent_peer():
+    """The lean heartbeat: a PING every interval; a peer that answers nothing at all is dropped."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from relay._transport import ws_connect
+
+    pings: list[bytes] = []
+    answer = True
+
+    async def handler(request):
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.PING:
+                pings.append(msg.data)
+                if answer:
+                    await ws.pong(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws, status, _ = await ws_connect(session, f"http://127.0.0.1:{port}/", heartbeat=0.1)
+            assert status == 101
+            await asyncio.sleep(0.5)  # answered: the socket stays open
+            assert len(pings) >= 2 and not ws.closed
+            answer = False
+            msg = await asyncio.wait_for(ws.receive(), 5)  # silent peer: dropped, receive() reports it
+            assert msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED)
+            assert ws.closed
+    finally:
+        await runner.cleanup()
