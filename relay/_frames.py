@@ -27,17 +27,26 @@ CONTINUATION = 0x0
 _TEXT = 0x1
 
 
+_PACK1 = struct.Struct("!BB").pack
+_PACK2 = struct.Struct("!BBH").pack
+_PACK8 = struct.Struct("!BBQ").pack
+
+
 def frame_parts(payload: bytes | bytearray | memoryview, opcode: int, fin: bool, *, mask: bool = True) -> tuple:
-    """One WebSocket frame as parts for ``transport.writelines`` (no concatenation copy of the payload)."""
+    """One WebSocket frame as ``(header [+ masking key], payload [masked])``.
+
+    Write the parts joined (:func:`encode_frame`, :func:`command_frames`): on a TLS transport
+    every part of a ``writelines`` becomes its own TLS record.
+    """
     first = (0x80 if fin else 0) | opcode
     bit = 0x80 if mask else 0
     length = len(payload)
     if length < 126:
-        header = struct.pack("!BB", first, bit | length)
+        header = _PACK1(first, bit | length)
     elif length < 65536:
-        header = struct.pack("!BBH", first, bit | 126, length)
+        header = _PACK2(first, bit | 126, length)
     else:
-        header = struct.pack("!BBQ", first, bit | 127, length)
+        header = _PACK8(first, bit | 127, length)
     if not mask:
         return header, payload
     key = _mask_key()
@@ -49,6 +58,14 @@ def frame_parts(payload: bytes | bytearray | memoryview, opcode: int, fin: bool,
 def encode_frame(payload: bytes | bytearray | memoryview, opcode: int, fin: bool, *, mask: bool = True) -> bytes:
     """One WebSocket frame. Clients mask (``mask=True``); a server (the emulator) must not."""
     return b"".join(frame_parts(payload, opcode, fin, mask=mask))
+
+
+def command_frames(text: str, body: bytes | bytearray | memoryview | None) -> bytes:
+    """A command's JSON (text message) and its body (binary message, if any) as ONE buffer of
+    masked frames: one write, one TLS record, one system call."""
+    if body is None:
+        return b"".join(frame_parts(text.encode("utf-8"), _TEXT, True))
+    return b"".join(frame_parts(text.encode("utf-8"), _TEXT, True) + frame_parts(body, BINARY, True))
 
 
 def frames_supported(ws: aiohttp.ClientWebSocketResponse) -> bool:
@@ -68,9 +85,6 @@ async def write_command(ws: aiohttp.ClientWebSocketResponse, text: str, body: by
     transport = writer.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("the control channel is closed")
-    parts = frame_parts(text.encode("utf-8"), _TEXT, True)
-    if body is not None:
-        parts += frame_parts(body, BINARY, True)
-    transport.writelines(parts)
+    transport.write(command_frames(text, body))
     if writer.protocol.writing_paused:
         await writer.protocol._drain_helper()

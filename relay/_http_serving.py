@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json.encoder
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +33,16 @@ import aiohttp
 
 from ._rendezvous import RendezvousClosed, RendezvousSocket
 from .errors import ConnectionLostError, RelayError
-from .protocol import INLINE_LIMIT, ProtocolError, RequestCommand, ResponseCommand, decode_command, encode_command
+from .protocol import INLINE_LIMIT, ProtocolError, RequestCommand, decode_command
 from .relayed_http import RelayedHttpRequest, RelayedHttpResponse, reason_phrase, response_headers
 
 if TYPE_CHECKING:
     from .listener import HybridConnectionListener
 
 _log = logging.getLogger("relay.listener")
+
+# A JSON string literal, escaped as the command encoder (``ensure_ascii=False``) escapes it.
+_json_str = json.encoder.encode_basestring
 
 MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
 MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
@@ -113,8 +117,7 @@ class HttpServing:
         try:
             result = handler(request)
             if inspect.isawaitable(result):
-                async with asyncio.timeout(lst._handler_timeout):  # no extra task, unlike wait_for
-                    result = await result
+                result = await _within(result, lst._handler_timeout)
         except TimeoutError:
             _log.error("request handler did not answer %s %s within %g s", request.method, request.target, lst._handler_timeout)
             return RelayedHttpResponse(HANDLER_TIMEOUT_STATUS, body=MSG_HANDLER_TIMEOUT)
@@ -254,7 +257,12 @@ class HttpServing:
 
 
 def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str, Any, bool]:
-    """The ``response`` JSON, the body (bytes, or an async iterable when streamed) and whether it is streamed."""
+    """The ``response`` JSON, the body (bytes, or an async iterable when streamed) and whether it is streamed.
+
+    The JSON is written from a template, byte for byte what :func:`relay.protocol.encode_command`
+    gives for the same :class:`ResponseCommand` (a test holds the two together): only the strings
+    need escaping, which the C string encoder does, so no dict is built and walked per response.
+    """
     body = response.body
     text = isinstance(body, str)
     if text:
@@ -262,16 +270,46 @@ def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str
     elif body is None:
         body = b""
     streamed = not isinstance(body, (bytes, bytearray, memoryview))
-    head = encode_command(
-        ResponseCommand(
-            request_id=request_id,
-            status_code=response.status,
-            status_description=reason_phrase(response.status, response.reason),
-            response_headers=response_headers(response.headers, text),
-            body=True if streamed else len(body) > 0,  # type: ignore[arg-type]
-        )
+    headers = response_headers(response.headers, text)
+    if headers:
+        fields = ",".join([f"{_json_str(name)}:{_json_str(value)}" for name, value in headers.items()])
+    else:
+        fields = ""
+    has_body = "true" if streamed or len(body) > 0 else "false"  # type: ignore[arg-type]
+    head = (
+        f'{{"response":{{"requestId":{_json_str(request_id)},"statusCode":{int(response.status)},'
+        f'"responseHeaders":{{{fields}}},"body":{has_body},'
+        f'"statusDescription":{_json_str(reason_phrase(response.status, response.reason))}}}}}'
     )
     return head, body, streamed
+
+
+async def _within(awaitable: Any, timeout: float) -> Any:
+    """``await awaitable`` in the current task, cancelled with :class:`TimeoutError` after ``timeout`` s.
+
+    What ``asyncio.timeout`` does, with one timer handle and no context-manager object per
+    request: the handle cancels the task, and a cancellation that the handle caused (and nobody
+    else asked for) becomes ``TimeoutError``.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = task.get_loop()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    handle = loop.call_at(loop.time() + timeout, expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if expired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
 
 
 async def _chunks(chunks: Any) -> Any:

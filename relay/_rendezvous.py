@@ -26,7 +26,7 @@ from typing import Any, AsyncIterable
 import aiohttp
 from yarl import URL
 
-from ._frames import BINARY, CONTINUATION, encode_frame, frame_parts
+from ._frames import BINARY, CONTINUATION, command_frames, encode_frame
 
 TEXT = 0x1
 CLOSE = 0x8
@@ -219,19 +219,16 @@ class RendezvousSocket:
 
     # -- outgoing -------------------------------------------------------------------------------------
 
-    async def _write(self, *parts: Any) -> None:
+    async def _write(self, data: bytes) -> None:
         if self._close_sent or self._transport.is_closing():
             raise RendezvousClosed(self._closed.code if self._closed else None, "the rendezvous is closed")
-        self._transport.writelines(parts)
+        self._transport.write(data)  # one buffer: one TLS record
         if self._protocol.writing_paused:
             await self._protocol._drain_helper()
 
     async def send_command(self, text: str, body: bytes | bytearray | memoryview | None = None) -> None:
         """A command's JSON and (if any) its body as one binary message, in one write."""
-        parts = frame_parts(text.encode("utf-8"), TEXT, True)
-        if body is not None:
-            parts += frame_parts(body, BINARY, True)
-        await self._write(*parts)
+        await self._write(command_frames(text, body))
 
     async def send_stream(self, chunks: AsyncIterable[bytes]) -> None:
         """One binary message from an async iterable, a frame per chunk as produced (last one FIN)."""
@@ -241,10 +238,10 @@ class RendezvousSocket:
             if not chunk:
                 continue
             if pending is not None:
-                await self._write(*frame_parts(pending, opcode, False))
+                await self._write(encode_frame(pending, opcode, False))
                 opcode = CONTINUATION
             pending = chunk
-        await self._write(*frame_parts(pending or b"", opcode, True))
+        await self._write(encode_frame(pending or b"", opcode, True))
 
     async def close(self, code: int = 1000, reason: str = "", *, timeout: float = 10.0) -> None:
         """Close handshake (wait up to ``timeout`` for the peer's close frame), then drop the connection."""

@@ -11,7 +11,9 @@ hook records it for the handshake running in the current task.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import platform
 import ssl
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_parser import RawResponseMessage
 from yarl import URL
 
@@ -184,6 +187,61 @@ def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket
     )
 
 
+# aiohttp's own heartbeat re-arms its timer on every received chunk, through a loop callback
+# (one extra wake-up per message). _Heartbeat only sets a flag per chunk; it needs the
+# protocol's data_received_cb hook (aiohttp >= 3.11), else aiohttp's heartbeat is used.
+_LEAN_HEARTBEAT = "data_received_cb" in inspect.signature(ResponseHandler.set_parser).parameters
+
+
+class _Heartbeat:
+    """Keep-alive for a WebSocket: a PING every ``interval`` seconds (as .NET's keep-alive, traffic
+    or not), and the connection is dropped (``receive()`` then reports an error) when nothing at
+    all arrived within ``interval / 2`` after a PING."""
+
+    __slots__ = ("_ws", "_interval", "_seen", "_loop", "__weakref__")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+        self._ws = ws
+        self._interval = interval
+        self._seen = False
+        self._loop = asyncio.get_running_loop()
+        conn = ws._response.connection  # type: ignore[attr-defined]
+        if conn is not None and conn.protocol is not None:
+            conn.protocol._data_received_cb = self._touch
+        self._loop.call_later(interval, self._ping)
+
+    def _touch(self) -> None:
+        self._seen = True
+
+    def _ping(self) -> None:
+        ws = self._ws
+        if ws.closed:
+            return
+        self._seen = False
+        task = self._loop.create_task(ws.ping())
+        task.add_done_callback(_ignore_result)
+        self._loop.call_later(self._interval / 2, self._check)
+
+    def _check(self) -> None:
+        ws = self._ws
+        if ws.closed:
+            return
+        if not self._seen:
+            error = aiohttp.ServerTimeoutError(f"No PONG received after {self._interval / 2:g} seconds")
+            handle = getattr(ws, "_handle_ping_pong_exception", None)
+            if handle is not None:
+                handle(error)
+            else:  # pragma: no cover - other aiohttp versions
+                ws._response.close()  # type: ignore[attr-defined]
+            return
+        self._loop.call_later(self._interval / 2, self._ping)
+
+
+def _ignore_result(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a PING on a closing socket: the check notices the silence
+
+
 async def ws_connect(
     session: aiohttp.ClientSession,
     url: str | URL,
@@ -210,11 +268,13 @@ async def ws_connect(
             protocols=protocols,
             autoclose=False,
             autoping=True,
-            heartbeat=heartbeat,
+            heartbeat=None if _LEAN_HEARTBEAT else heartbeat,
             max_msg_size=MAX_MESSAGE_SIZE,
             compress=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         )
+        if heartbeat and _LEAN_HEARTBEAT:
+            _Heartbeat(ws, heartbeat)
         return ws, 101, ""
     except aiohttp.WSServerHandshakeError as exc:
         return None, exc.status, holder[-1] if holder else (exc.message or "")

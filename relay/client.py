@@ -33,6 +33,9 @@ DEFAULT_TIMEOUT = 70.0
 """Seconds to wait for a connection or for response headers (.NET's HybridConnectionClient default)."""
 
 HEADER_USER_AGENT = "Relay-User-Agent"
+
+_MAX_URLS = 256
+"""Request paths whose entity URL a client remembers (cleared when full)."""
 _SERVICE_MARKER = "systemtracker:"
 """Only the service's own refusals carry ``SystemTracker:``; a listener's reject may carry a
 ``TrackingId:`` too (.NET appends one to its AcceptHandler failures), so that one proves nothing."""
@@ -173,6 +176,8 @@ class HybridConnectionClient:
         self._http: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._sb_uri = self._address.sb_uri
+        self._urls: dict[Any, URL] = {}  # request path -> its entity URL (canonical, encoded once)
         self._owned_credential: Any = None
 
     @classmethod
@@ -276,11 +281,17 @@ class HybridConnectionClient:
         """
         if timeout is None:
             timeout = self._timeout
-        token = await self._provider.get_token(self._address.sb_uri)
+        token = await self._provider.get_token(self._sb_uri)
         hdrs: CIMultiDict[str] = CIMultiDict(headers) if headers else CIMultiDict()
         _add_sender_headers(hdrs, token, allowed_listeners, disallowed_listeners)
-        # Canonical and encoded once (relay.paths, PathError for tricks); encoded=True: yarl must not re-read it.
-        url = URL(self._address.entity_http_url(path), encoded=True)
+        url = self._urls.get(path)
+        if url is None:
+            # Canonical and encoded once (relay.paths, PathError for tricks); encoded=True: yarl must
+            # not re-read it. Remembered per path: most senders call a handful of paths again and again.
+            url = URL(self._address.entity_http_url(path), encoded=True)
+            if len(self._urls) >= _MAX_URLS:
+                self._urls.clear()
+            self._urls[path] = url
         if isinstance(body, str):
             data: Any = body.encode("utf-8")
         elif body is None or isinstance(body, (bytes, bytearray, memoryview)):

@@ -125,6 +125,7 @@ class TokenProvider:
     def __init__(self, credential: Any):
         self._credential = credential
         self._cache: dict[str, RelayToken] = {}
+        self._keys: dict[str, str] = {}  # address -> cache key (the SAS audience), computed once
         self._inflight: dict[str, asyncio.Future] = {}
         self.fetch_count = 0
         if credential is None:
@@ -167,7 +168,14 @@ class TokenProvider:
 
     def _cache_key(self, address: str) -> str:
         # Entra tokens are per identity, not per entity; SAS tokens are signed for one entity.
-        return sas_resource_uri(address) if self.kind == "sas-key" else ""
+        if self.kind != "sas-key":
+            return ""
+        key = self._keys.get(address)
+        if key is None:
+            if len(self._keys) >= _MAX_KEYS:  # bounded: a process that talks to many entities
+                self._keys.clear()
+            key = self._keys[address] = sas_resource_uri(address)
+        return key
 
     async def get_token(self, address: str) -> RelayToken | None:  # noqa: D401
         """A valid token for ``address``; ``None`` for anonymous. Concurrent callers share one fetch."""
@@ -246,6 +254,10 @@ class TokenProvider:
         _fetch_total += 1
         lifetime = max(0.0, expires - now)
         return RelayToken(text, expires, expires - refresh_margin(lifetime))
+
+
+_MAX_KEYS = 1024
+"""Addresses whose cache key a provider remembers (one per hybrid connection it serves)."""
 
 
 def _retrieve_exception(task: asyncio.Task) -> None:

@@ -81,10 +81,14 @@ class RemoteEndpoint:
 
     @classmethod
     def from_json(cls, data: object) -> RemoteEndpoint | None:
-        if not isinstance(data, dict):
-            return None
+        if type(data) is not dict:
+            if not isinstance(data, dict):
+                return None
+        address, port = data.get("address", ""), data.get("port", 0)
+        if type(address) is str and type(port) is int:
+            return cls(address, port)  # what every peer sends: nothing to convert
         try:
-            return cls(str(data.get("address", "")), int(data.get("port", 0)))
+            return cls(str(address), int(port))
         except (TypeError, ValueError):
             return None
 
@@ -219,9 +223,16 @@ def encode_command(command: Command) -> str:
 def _str_dict(value: object, what: str) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{what} must be a JSON object of strings")
-    return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+    if type(value) is not dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{what} must be a JSON object of strings")
+        value = dict(value)
+    # Decoded JSON has string keys; the values usually are strings too, and then the dict is
+    # taken as it is (checked, not copied). Anything else is converted in a copy.
+    for v in value.values():
+        if type(v) is not str:
+            return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+    return value  # type: ignore[return-value]
 
 
 def _required_str(inner: dict, key: str, command: str) -> str:
@@ -251,6 +262,9 @@ def _status_code(value: object) -> int:
     return code
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 def decode_command(text: str | bytes) -> Command:
     """Parse one control-channel text message into a command.
 
@@ -259,7 +273,7 @@ def decode_command(text: str | bytes) -> Command:
     :class:`UnknownCommand` so that callers can ignore them, as .NET does.
     """
     try:
-        data = json.loads(text)
+        data = _decode_json(text) if type(text) is str else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"control message is not valid JSON: {exc}") from None
     except RecursionError:  # absurdly deep nesting: not a command either
@@ -347,7 +361,7 @@ class CommandReader:
         if self._pending is None:
             raise ProtocolError("a binary message arrived without a command announcing a body")
         command, self._pending = self._pending, None
-        return command, bytes(message)
+        return command, message if type(message) is bytes else bytes(message)
 
 
 # ---------------------------------------------------------------------------

@@ -175,28 +175,34 @@ class RelayedHttpResponse:
 
 
 def response_headers(headers: Any, body_is_text: bool) -> dict[str, str]:
+    """The headers the response command carries: hop-by-hop names dropped, repeated names folded
+    into one comma-joined value, CR/LF in values replaced by spaces (no header injection via the
+    service), and a text content type for a ``str`` body without one."""
+    if not headers:
+        return {"Content-Type": _TEXT_CONTENT_TYPE} if body_is_text else {}
     result: dict[str, str] = {}
-    if headers:
-        items = headers.items() if hasattr(headers, "items") else headers
-        lowered: dict[str, str] = {}
-        for name, value in items:
-            key = name.lower()
-            if key in HOP_BY_HOP_HEADERS:
-                continue
-            value = str(value).replace("\r", " ").replace("\n", " ")  # no header injection via the service
-            if key in lowered:
-                original = lowered[key]
-                result[original] = f"{result[original]}, {value}"
-            else:
-                lowered[key] = name
-                result[name] = value
-        if body_is_text and "content-type" not in lowered:
-            result["Content-Type"] = "text/plain; charset=utf-8"
-    elif body_is_text:
-        result["Content-Type"] = "text/plain; charset=utf-8"
+    lowered: dict[str, str] = {}
+    hop = HOP_BY_HOP_HEADERS
+    for name, value in headers.items() if hasattr(headers, "items") else headers:
+        key = name.lower()
+        if key in hop:
+            continue
+        if type(value) is not str:
+            value = str(value)
+        if "\r" in value or "\n" in value:
+            value = value.replace("\r", " ").replace("\n", " ")
+        original = lowered.get(key)
+        if original is None:
+            lowered[key] = name
+            result[name] = value
+        else:
+            result[original] = f"{result[original]}, {value}"
+    if body_is_text and "content-type" not in lowered:
+        result["Content-Type"] = _TEXT_CONTENT_TYPE
     return result
 
 
+_TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 

@@ -154,3 +154,22 @@ async def test_accept_returns_none_after_close(emulator):
         await asyncio.sleep(0.05)
     assert await asyncio.wait_for(waiter, 5) is None
     assert listener.state == "closed" and not listener.is_online
+
+
+async def test_keepalive_pings_through_the_relay_keep_both_ends_open(emulator):
+    """Short keep-alive on both ends: the PINGs on the sender socket and the rendezvous are
+    answered through the emulator, so an idle stream stays open and still carries messages."""
+    async with make_listener(emulator, keepalive_interval=0.1) as listener, \
+            make_client(emulator, keepalive_interval=0.1) as client:
+        task = asyncio.ensure_future(echo_all(listener))
+        try:
+            stream = await client.connect()
+            await stream.send(b"before")
+            assert await stream.receive() == b"before"
+            await asyncio.sleep(0.6)  # several intervals without a message
+            assert not stream.closed
+            await stream.send(b"after")
+            assert await stream.receive() == b"after"
+            await stream.close()
+        finally:
+            task.cancel()

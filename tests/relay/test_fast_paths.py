@@ -1,0 +1,180 @@
+"""The listener's per-request fast paths give exactly what the general code gives.
+
+The response command is written from a template and request commands skip copying header
+values that are already strings: these tests hold each fast path to the plain definition in
+:mod:`relay.protocol`, byte for byte, on arbitrary input.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay import protocol as p
+from relay._http_serving import encode_response
+from relay.relayed_http import RelayedHttpResponse, reason_phrase, response_headers
+
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+header_names = st.sampled_from(["Content-Type", "X-A", "x-a", "Connection", "Set-Cookie", "ETag", "Ü-Name", 'q"uote'])
+header_values = st.one_of(texts, st.integers(), st.just("a\r\nInjected: 1"))
+header_sets = st.one_of(
+    st.none(),
+    st.dictionaries(header_names, header_values, max_size=6),
+    st.lists(st.tuples(header_names, header_values), max_size=6),
+)
+bodies = st.one_of(st.none(), st.binary(max_size=8), texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(request_id=texts, status=st.integers(100, 999), reason=st.one_of(st.none(), texts), headers=header_sets, body=bodies)
+def test_response_template_matches_the_command_encoder(request_id, status, reason, headers, body):
+    response = RelayedHttpResponse(status, headers=headers, body=body, reason=reason)
+    head, payload, streamed = encode_response(request_id, response)
+    text = isinstance(body, str)
+    expected = p.encode_command(
+        p.ResponseCommand(
+            request_id=request_id,
+            status_code=status,
+            status_description=reason_phrase(status, reason),
+            response_headers=response_headers(headers, text),
+            body=bool(body),
+        )
+    )
+    assert head == expected
+    assert not streamed
+    assert payload == (body.encode() if text else body or b"")
+    if request_id:  # the decoder requires an id; the listener always has one
+        decoded = p.decode_command(head)
+        assert decoded.status_code == status and decoded.request_id == request_id
+
+
+def test_response_headers_scrub_and_fold():
+    out = response_headers([("X-A", "1"), ("x-a", 2), ("Connection", "close"), ("B", "v\r\nEvil: 1")], True)
+    assert out == {"X-A": "1, 2", "B": "v  Evil: 1", "Content-Type": "text/plain; charset=utf-8"}
+    assert response_headers(None, False) == {}
+    assert response_headers({}, True) == {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=st.dictionaries(texts, st.one_of(texts, st.integers(), st.booleans(), st.none()), max_size=5),
+       port=st.one_of(st.integers(0, 65535), st.text(st.sampled_from("0123456789"), min_size=1, max_size=5), st.booleans()))
+def test_request_decode_gives_string_headers_and_endpoint(headers, port):
+    import json
+
+    text = json.dumps({"request": {"id": "r1", "address": "wss://h/$hc/e", "method": "GET", "requestTarget": "/e",
+                                   "requestHeaders": headers, "remoteEndpoint": {"address": "10.0.0.1", "port": port},
+                                   "body": False}})
+    command = p.decode_command(text)
+    assert command.request_headers == {str(k): v if isinstance(v, str) else str(v) for k, v in headers.items()}
+    assert all(type(v) is str for v in command.request_headers.values())
+    assert command.remote_endpoint == p.RemoteEndpoint("10.0.0.1", int(port))
+    assert type(command.remote_endpoint.port) is int
+
+
+async def test_handler_deadline_times_out_and_leaves_other_cancellations_alone():
+    import asyncio
+
+    from relay._http_serving import _within
+
+    async def value():
+        await asyncio.sleep(0)
+        return 7
+
+    assert await _within(value(), 5) == 7
+    try:
+        await _within(asyncio.sleep(10), 0.01)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("no TimeoutError")
+    # A cancellation from outside stays a cancellation, and the task is not left cancelled.
+    started = asyncio.Event()
+
+    async def outer():
+        async def wait():
+            started.set()
+            await asyncio.sleep(10)
+        return await _within(wait(), 5)
+
+    task = asyncio.ensure_future(outer())
+    await started.wait()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    assert task.cancelled()
+    # After a timeout the task goes on normally (nothing pending from the timer).
+    async def after_timeout():
+        try:
+            await _within(asyncio.sleep(10), 0.01)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.02)
+        return asyncio.current_task().cancelling()
+
+    assert await after_timeout() == 0
+
+
+async def test_sender_caches_keep_paths_checked_and_entities_apart():
+    import pytest
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    from relay import HybridConnectionClient
+    from relay.paths import PathError
+    from relay.sas import sas_resource_uri
+
+    credential = AzureNamedKeyCredential("k", "a2V5")
+    async with HybridConnectionClient("sb://127.0.0.1:9/orders", credential, use_tls=False) as client:
+        for _ in range(2):  # refused every time, never remembered
+            with pytest.raises(PathError):
+                await client.request("GET", "/a/../../secrets")
+        provider = client.token_provider
+        for address in ("sb://h/orders", "sb://h/billing", "sb://h/orders"):
+            assert provider._cache_key(address) == sas_resource_uri(address)
+        one = await provider.get_token("sb://h/orders")
+        other = await provider.get_token("sb://h/billing")
+        assert one.token != other.token
+
+
+async def test_stream_keepalive_pings_and_drops_a_silent_peer():
+    """The lean heartbeat: a PING every interval; a peer that answers nothing at all is dropped."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from relay._transport import ws_connect
+
+    pings: list[bytes] = []
+    answer = True
+
+    async def handler(request):
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.PING:
+                pings.append(msg.data)
+                if answer:
+                    await ws.pong(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws, status, _ = await ws_connect(session, f"http://127.0.0.1:{port}/", heartbeat=0.1)
+            assert status == 101
+            await asyncio.sleep(0.5)  # answered: the socket stays open
+            assert len(pings) >= 2 and not ws.closed
+            answer = False
+            msg = await asyncio.wait_for(ws.receive(), 5)  # silent peer: dropped, receive() reports it
+            assert msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED)
+            assert ws.closed
+    finally:
+        await runner.cleanup()
