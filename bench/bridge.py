@@ -283,8 +283,9 @@ class BridgeBench:
         url = f"{info['api']}/relay/{BRIDGE_OUT}/send"
         sec, size = str(self.args.seconds), str(self.args.size)
         meters = self.meters(host)
-        bridge = await run_worker(PY, "-m", "bench.http_load", url, keys["functionKeys"]["default"], "-", sec, size,
-                                  str(concurrency), "--header", "x-functions-key", "--warmup", str(self.warmup),
+        # Options first, then "--": a function key may start with "-", which argparse would take for an option.
+        bridge = await run_worker(PY, "-m", "bench.http_load", "--header", "x-functions-key", "--warmup", str(self.warmup),
+                                  "--", url, keys["functionKeys"]["default"], "-", sec, size, str(concurrency),
                                   on_mark=meters.on_mark)
         meters.record(bridge, bridge["count"])
         meters = self.meters()

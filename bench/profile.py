@@ -381,9 +381,9 @@ async def profile_bridge(emu, args, outdir: Path) -> list[str]:
                                        drained, kernel_of(prof, "app", args)))
                 await bench.service.wait_series("queue", count, 120)
                 prof = Profiled("bridge_relay_send_c16", {"app": host.process.pid}, args.seconds, outdir)
-                load = await spawn(PY, "-m", "bench.http_load", f"{info['api']}/relay/{BRIDGE_OUT}/send",
-                                   keys["functionKeys"]["default"], "-", str(args.seconds), "1024", "16",
-                                   "--header", "x-functions-key", "--warmup", "50")
+                load = await spawn(PY, "-m", "bench.http_load", "--header", "x-functions-key", "--warmup", "50", "--",
+                                   f"{info['api']}/relay/{BRIDGE_OUT}/send", keys["functionKeys"]["default"], "-",
+                                   str(args.seconds), "1024", "16")
                 result = await read_worker(load, prof.on_mark)
                 await prof.finish()
                 sections.append(render("relay_send at concurrency 16 (devhost + app)", "app", parse_stacks(prof.path("app")),

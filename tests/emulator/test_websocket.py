@@ -58,10 +58,12 @@ async def test_connect_headers_query_suffix_and_no_extensions(emulator):
 
 
 @pytest.mark.parametrize("profile", ["strict", "lenient"])
-async def test_close_codes_and_half_close(request, profile):
+async def test_close_codes_and_half_close(emulator, lenient_emulator, profile):
     """Half-close both ways. Strict: each side sees the service's own close frame (1011 for a
     non-clean code); lenient: the peer's code and reason are forwarded."""
-    emulator = request.getfixturevalue("emulator" if profile == "strict" else "lenient_emulator")
+    # Both fixtures are requested up front: a session-scoped async fixture cannot be created
+    # from inside a running test (request.getfixturevalue would need the loop that runs it).
+    emulator = emulator if profile == "strict" else lenient_emulator
     events: list = []
     done = asyncio.Event()
 
