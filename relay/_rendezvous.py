@@ -114,7 +114,8 @@ class RendezvousSocket:
         self._frames: deque[tuple[int, bool, bytes]] = deque()
         self._queued = 0
         self._paused = False
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future | None = None  # a reader waiting for frames
+        self._close_waiter: asyncio.Future | None = None  # close() waiting for the peer's close frame
         self._closed: RendezvousClosed | None = None  # set once the peer's close (or EOF) is in
         self._close_sent = False
         self._message_opcode = 0  # opcode of the data message being received (0: none)
@@ -177,9 +178,9 @@ class RendezvousSocket:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._waiter, self._close_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def recv_frame(self) -> tuple[int, bool, bytes]:
         """The next data frame ``(opcode, fin, payload)``; raises :class:`RendezvousClosed` at the end."""
@@ -255,14 +256,16 @@ class RendezvousSocket:
                     remaining = deadline - asyncio.get_running_loop().time()
                     if remaining <= 0:
                         break
-                    self._waiter = asyncio.get_running_loop().create_future()
+                    self._close_waiter = asyncio.get_running_loop().create_future()
                     try:
-                        await asyncio.wait_for(self._waiter, remaining)
+                        await asyncio.wait_for(self._close_waiter, remaining)
                     except asyncio.TimeoutError:
                         break
                     finally:
-                        self._waiter = None
+                        self._close_waiter = None
         finally:
+            # A reader still waiting (a rendezvous serving loop) ends now instead of hanging on.
+            self._set_closed(RendezvousClosed(code, "closed by this side"))
             self._response.close()
 
     @property

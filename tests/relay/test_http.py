@@ -247,3 +247,15 @@ async def test_handler_returning_nonsense_answers_500(emulator, client):
         resp = await client.request("GET", "/header", timeout=5)
         assert resp.status == 200 and resp.headers["X-A"] == "a  X-Injected: 1" and "X-Injected" not in resp.headers
         assert listener.is_online
+
+
+async def test_close_ends_an_idle_pinned_rendezvous_instead_of_waiting_it_out(emulator, client):
+    """A rendezvous the service pinned to the sender's connection is idle after the exchange;
+    close() must end its serving loop, not wait for close_timeout (which used to be the 10 s default).
+    With close_timeout at an hour, a hang shows as this test's timeout."""
+    listener = make_listener(emulator, request_handler=echo_handler, close_timeout=3600)
+    await listener.open()
+    resp = await client.request("POST", "/big", body=pattern(MB))  # address-only: served over a rendezvous
+    assert resp.status == 200 and len(await resp.read()) == MB
+    await asyncio.wait_for(listener.close(), 30)
+    assert all(task.done() for task in listener._tasks)
