@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ssl
-import sys
 import time
 
 import aiohttp
 
-from .stats import emit, summary
-
+from .stats import sender_load
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -33,10 +31,8 @@ async def main(args: argparse.Namespace) -> None:
     headers = {args.header: args.token, "Content-Type": "application/octet-stream"}
     ssl_context = ssl.create_default_context(cafile=args.ca) if args.ca != "-" else None
     connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context else False, limit=args.concurrency)
-    latencies: list[float] = []
-    errors = 0
     async with aiohttp.ClientSession(connector=connector) as session:
-        async def one() -> float:
+        async def one(_key: int | str | None) -> float:
             t0 = time.perf_counter()
             async with session.post(args.url, data=payload, headers=headers) as response:
                 body = await response.read()
@@ -44,34 +40,7 @@ async def main(args: argparse.Namespace) -> None:
                     raise RuntimeError(f"{response.status} {response.reason} ({len(body)} bytes): {body[:200]!r}")
             return time.perf_counter() - t0
 
-        warmup = [args.warmup]
-
-        async def warm() -> None:  # at the measured concurrency, so every connection is open before the clock starts
-            while warmup[0] > 0:
-                warmup[0] -= 1
-                await one()
-
-        await asyncio.gather(*(warm() for _ in range(args.concurrency)))
-        emit({"mark": "start"})
-        cpu0, start = time.process_time(), time.perf_counter()
-        deadline = start + args.seconds
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                try:
-                    latencies.append(await one())
-                except Exception as exc:  # counted, and the first one is reported
-                    errors += 1
-                    if errors == 1:
-                        print(f"first error: {exc}", file=sys.stderr)
-
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        emit({"mark": "stop"})
-    result = summary(latencies, elapsed, cpu, concurrency=args.concurrency, errors=errors, warmup=args.warmup)
-    result["sender_cpu_us_per_request"] = result.pop("cpu_us_per_message")
-    emit(result)
+        await sender_load(one, concurrency=args.concurrency, warmup=args.warmup, seconds=args.seconds)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
