@@ -1,12 +1,11 @@
 """WebSocket frames written straight to a transport: one encoder for the library's masked frames
-and the emulator's unmasked ones, and a command + body pair in one write on an aiohttp socket.
+and the emulator's unmasked ones, and a command + body pair as one buffer (one write).
 """
 
 from __future__ import annotations
 
 import random
 import struct
-import aiohttp
 
 try:  # aiohttp's (C-accelerated) masking routine
     from aiohttp._websocket.helpers import websocket_mask as _mask
@@ -66,25 +65,3 @@ def command_frames(text: str, body: bytes | bytearray | memoryview | None) -> by
     if body is None:
         return b"".join(frame_parts(text.encode("utf-8"), _TEXT, True))
     return b"".join(frame_parts(text.encode("utf-8"), _TEXT, True) + frame_parts(body, BINARY, True))
-
-
-def frames_supported(ws: aiohttp.ClientWebSocketResponse) -> bool:
-    """True when :func:`write_command` can write directly to ``ws``'s transport."""
-    writer = getattr(ws, "_writer", None)
-    return _mask is not None and getattr(writer, "transport", None) is not None and hasattr(getattr(writer, "protocol", None), "_drain_helper")
-
-
-async def write_command(ws: aiohttp.ClientWebSocketResponse, text: str, body: bytes | bytearray | memoryview | None) -> None:
-    """A command's JSON (text message) and its body (binary message) in ONE transport write.
-
-    One write keeps the pair adjacent on the socket without a lock (nothing can come between
-    them) and costs one TLS record and one system call instead of two. Callers check
-    :func:`frames_supported` first.
-    """
-    writer = ws._writer  # type: ignore[attr-defined]
-    transport = writer.transport
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("the control channel is closed")
-    transport.write(command_frames(text, body))
-    if writer.protocol.writing_paused:
-        await writer.protocol._drain_helper()

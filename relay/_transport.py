@@ -1,41 +1,31 @@
-"""Sockets for the client and the listener: addresses, TLS, aiohttp sessions, WebSocket handshakes.
+"""Sockets for the client and the listener: addresses, TLS, aiohttp sessions, connection errors.
 
-aiohttp carries every flow (control channel, rendezvous, sender WebSockets and HTTP requests):
-measured on this machine its WebSocket client costs less CPU per 1 KB round trip than
-``websockets`` 17 (about 105-125 against 175-210 µs, loopback, client side, a loaded 2-core
-machine), and one library means one connection pool and one TLS setup. Request rendezvous, which
-need fragment-by-fragment bodies, use raw frames over an aiohttp connection (:mod:`relay._rendezvous`). aiohttp drops the HTTP reason phrase of a failed WebSocket handshake, but the service
-puts its error text exactly there (``404 Endpoint does not exist. TrackingId:...``), so a trace
-hook records it for the handshake running in the current task.
+aiohttp carries every connection (control channel, rendezvous, sender WebSockets and HTTP
+requests): one library means one connection pool and one TLS setup. Every WebSocket is
+:class:`relay._rendezvous.RendezvousSocket`, raw frames over an upgraded aiohttp connection; the
+handshake's HTTP status and reason phrase (where the service puts its error text, ``404 Endpoint
+does not exist. TrackingId:...``) come straight from the response.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import inspect
 import platform
 import ssl
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_parser import RawResponseMessage
 from yarl import URL
 
 from .connection_string import resolve_ca_file
-from .errors import ConnectionLostError, RelayError, error_from_status
+from .errors import ConnectionLostError
 from .paths import CanonicalPath, canonical_path, url_with_path
 from .protocol import filter_sb_hc_query
 
 USER_AGENT = f"azure-relay-python/0.1 ({platform.system()}; Python {platform.python_version()})"
 """Sent as ``Relay-User-Agent`` on control channels and sender sockets, as .NET does."""
-
-MAX_MESSAGE_SIZE = 0
-"""aiohttp ``max_msg_size``: 0 means unlimited (bodies are one message each)."""
-
 
 @dataclass(frozen=True, slots=True)
 class RelayAddress:
@@ -123,16 +113,6 @@ def build_ssl_context(connection_verify: bool | str | ssl.SSLContext) -> ssl.SSL
     raise TypeError("connection_verify must be True, False, a CA bundle path or an ssl.SSLContext")
 
 
-# Reason phrase of the handshake running in the current task (aiohttp forgets it on non-101).
-_handshake_reason: contextvars.ContextVar[list | None] = contextvars.ContextVar("relay_handshake_reason", default=None)
-
-
-async def _on_request_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
-    holder = _handshake_reason.get()
-    if holder is not None:
-        holder.append(params.response.reason or "")
-
-
 class FinalResponse(aiohttp.ClientResponse):
     """A response whose first status line is final, even a 1xx.
 
@@ -166,129 +146,25 @@ class FinalResponse(aiohttp.ClientResponse):
 
 
 def new_session(ssl_context: ssl.SSLContext | None, *, limit: int = 0, websocket: bool = True, **kwargs: Any) -> aiohttp.ClientSession:
-    """A ClientSession with the relay's TLS settings; WebSocket sessions get the handshake-reason hook.
-
-    (HTTP sessions go without it: aiohttp's tracing costs about 5 % per request.)
-    """
-    traces = []
-    if websocket:
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(_on_request_end)
-        traces.append(trace)
+    """A ClientSession with the relay's TLS settings. HTTP sessions (``websocket=False``) read a
+    1xx status as final (:class:`FinalResponse`); WebSocket sessions only carry handshakes."""
     connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_context if ssl_context is not None else False, enable_cleanup_closed=False)
     if not websocket:
         kwargs.setdefault("response_class", FinalResponse)
     return aiohttp.ClientSession(
         connector=connector,
-        trace_configs=traces,
         auto_decompress=False,
         skip_auto_headers=("User-Agent",) if kwargs.pop("no_user_agent", False) else None,
         **kwargs,
     )
 
 
-# aiohttp's own heartbeat re-arms its timer on every received chunk, through a loop callback
-# (one extra wake-up per message). _Heartbeat only sets a flag per chunk; it needs the
-# protocol's data_received_cb hook (aiohttp >= 3.11), else aiohttp's heartbeat is used.
-_LEAN_HEARTBEAT = "data_received_cb" in inspect.signature(ResponseHandler.set_parser).parameters
-
-
-class _Heartbeat:
-    """Keep-alive for a WebSocket: a PING every ``interval`` seconds (as .NET's keep-alive, traffic
-    or not), and the connection is dropped (``receive()`` then reports an error) when nothing at
-    all arrived within ``interval / 2`` after a PING."""
-
-    __slots__ = ("_ws", "_interval", "_seen", "_loop", "__weakref__")
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
-        self._ws = ws
-        self._interval = interval
-        self._seen = False
-        self._loop = asyncio.get_running_loop()
-        conn = ws._response.connection  # type: ignore[attr-defined]
-        if conn is not None and conn.protocol is not None:
-            conn.protocol._data_received_cb = self._touch
-        self._loop.call_later(interval, self._ping)
-
-    def _touch(self) -> None:
-        self._seen = True
-
-    def _ping(self) -> None:
-        ws = self._ws
-        if ws.closed:
-            return
-        self._seen = False
-        task = self._loop.create_task(ws.ping())
-        task.add_done_callback(_ignore_result)
-        self._loop.call_later(self._interval / 2, self._check)
-
-    def _check(self) -> None:
-        ws = self._ws
-        if ws.closed:
-            return
-        if not self._seen:
-            error = aiohttp.ServerTimeoutError(f"No PONG received after {self._interval / 2:g} seconds")
-            handle = getattr(ws, "_handle_ping_pong_exception", None)
-            if handle is not None:
-                handle(error)
-            else:  # pragma: no cover - other aiohttp versions
-                ws._response.close()  # type: ignore[attr-defined]
-            return
-        self._loop.call_later(self._interval / 2, self._ping)
-
-
-def _ignore_result(task: asyncio.Task) -> None:
-    if not task.cancelled():
-        task.exception()  # a PING on a closing socket: the check notices the silence
-
-
-async def ws_connect(
-    session: aiohttp.ClientSession,
-    url: str | URL,
-    *,
-    headers: Mapping[str, str] | None = None,
-    protocols: Sequence[str] = (),
-    heartbeat: float | None = None,
-    context: str = "",
-) -> tuple[aiohttp.ClientWebSocketResponse | None, int, str]:
-    """Open a WebSocket. Returns ``(ws, 101, "")`` or ``(None, status, reason)`` when refused.
-
-    Network failures raise :class:`~relay.errors.ConnectionLostError`-style :class:`RelayError`
-    (transient). Messages never include the URL's query, which can hold rendezvous secrets.
-    ``url`` goes out byte for byte (``encoded=True``): the service hands out rendezvous
-    addresses that must be used exactly as given, and yarl would otherwise re-quote them
-    (``%2f`` -> ``%2F``).
-    """
-    holder: list[str] = []
-    token = _handshake_reason.set(holder)
-    try:
-        ws = await session.ws_connect(
-            URL(url, encoded=True),
-            headers=headers,
-            protocols=protocols,
-            autoclose=False,
-            autoping=True,
-            heartbeat=None if _LEAN_HEARTBEAT else heartbeat,
-            max_msg_size=MAX_MESSAGE_SIZE,
-            compress=0,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-        )
-        if heartbeat and _LEAN_HEARTBEAT:
-            _Heartbeat(ws, heartbeat)
-        return ws, 101, ""
-    except aiohttp.WSServerHandshakeError as exc:
-        return None, exc.status, holder[-1] if holder else (exc.message or "")
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise ConnectionLostError(
-            f"{context}: the TLS certificate of {urlsplit(str(url)).netloc} is not trusted ({exc.certificate_error}); "
+def connect_error(exc: BaseException, url: str | URL, context: str) -> ConnectionLostError:
+    """The typed, transient error for a connection that could not be made (never shows the query)."""
+    netloc = urlsplit(str(url)).netloc
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return ConnectionLostError(
+            f"{context}: the TLS certificate of {netloc} is not trusted ({exc.certificate_error}); "
             "for the local emulator pass connection_verify='/path/to/ca.pem' (or TrustedCaFile= in the connection string)"
-        ) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectionLostError(f"{context}: cannot reach {urlsplit(str(url)).netloc}: {exc}") from None
-    finally:
-        _handshake_reason.reset(token)
-
-
-def handshake_failure(status: int, reason: str, *, context: str) -> RelayError:
-    """The typed error for a refused handshake."""
-    return error_from_status(status, reason or "", context=context)
+        )
+    return ConnectionLostError(f"{context}: cannot reach {netloc}: {exc}")

@@ -12,7 +12,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._hints import add_hint
-from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
+from ._rendezvous import RendezvousSocket
+from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address
 from .connection_string import parse_connection_string
 from .credentials import close_credential, get_token_provider
 from .errors import (
@@ -376,13 +377,13 @@ class HybridConnectionClient:
         _add_sender_headers(hdrs, token, allowed_listeners, disallowed_listeners)
         context = f"connect to {self.address}"
         try:
-            async with asyncio.timeout(timeout):
-                ws, status, reason = await ws_connect(
-                    self._ws(), url, headers=hdrs, protocols=tuple(subprotocols or ()), heartbeat=self._keepalive, context=context
-                )
+            result = await RendezvousSocket.open(
+                self._ws(), url, timeout=timeout, headers=hdrs, protocols=tuple(subprotocols or ()), autoclose=False, context=context
+            )
         except TimeoutError:
             raise RelayTimeoutError(f"{context}: no listener accepted within {timeout:g} s") from None
-        if ws is None:
+        if not isinstance(result, RendezvousSocket):
+            status, reason = result
             lowered = reason.lower()
             if _SERVICE_MARKER in lowered or status in (401, 407) or not reason:
                 error = error_from_status(status, reason, context=context)
@@ -392,7 +393,8 @@ class HybridConnectionClient:
             error = RejectedError(f"{context}: the listener rejected the connection: {status} {reason}", status=status)
             error.description = reason  # type: ignore[attr-defined]
             raise error
-        return HybridConnectionStream(ws, id=tracking_id)
+        result.keep_alive(self._keepalive)
+        return HybridConnectionStream(result, id=tracking_id)
 
 
 def _error_detail(text: str) -> str:

@@ -12,13 +12,19 @@ from typing import Any, Awaitable, Callable, Union
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import WSMsgType
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._frames import frames_supported, write_command
 from ._hints import add_hint
-from ._http_serving import MSG_HANDLER_FAILED, MSG_HANDLER_TIMEOUT, MSG_NO_HANDLER, MSG_SHUTTING_DOWN, HttpServing
-from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
+from ._http_serving import (
+    MSG_HANDLER_FAILED,
+    MSG_HANDLER_TIMEOUT,
+    MSG_NO_HANDLER,
+    MSG_SHUTTING_DOWN,
+    RENDEZVOUS_OPEN_TIMEOUT,
+    HttpServing,
+)
+from ._rendezvous import RendezvousClosed, RendezvousSocket
+from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address
 from .client import HEADER_USER_AGENT
 from .connection_string import parse_connection_string
 from .credentials import RelayToken, close_credential, get_token_provider
@@ -65,17 +71,13 @@ __all__ += ["MSG_NO_HANDLER", "MSG_HANDLER_FAILED", "MSG_HANDLER_TIMEOUT", "MSG_
 MSG_ACCEPT_HANDLER_FAILED = "The Listener's custom AcceptHandler threw an exception. See Listener logs for details."
 MSG_REJECTED = "Rejected by user code"
 
-_TEXT = WSMsgType.TEXT
-_BINARY = WSMsgType.BINARY
 
-
-def _tcp_keepalive(ws: aiohttp.ClientWebSocketResponse, idle: float | None) -> None:
+def _tcp_keepalive(ws: RendezvousSocket, idle: float | None) -> None:
     """TCP keep-alive on the control channel's socket: a peer that vanished (no RST, no FIN) is
     noticed by the kernel's probes, without WebSocket PINGs (which the service may punish)."""
     if not idle:
         return
-    transport = getattr(getattr(ws, "_writer", None), "transport", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
+    sock = ws.get_extra_info("socket")
     if sock is None:
         return
     try:
@@ -227,14 +229,12 @@ class HybridConnectionListener:
         self.state = ListenerState.IDLE
         self.last_error: BaseException | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._control: aiohttp.ClientWebSocketResponse | None = None
-        self._send_lock = asyncio.Lock()
+        self._control: RendezvousSocket | None = None
         self._pump_task: asyncio.Task | None = None
         self._renew_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._accepted: asyncio.Queue[HybridConnectionStream | None] = asyncio.Queue()
         self._closing = False
-        self._direct_writes = False
         self._wakeup: asyncio.Event | None = None
         self._url = hc_url(self._address.ws_base, self._address.entity, ACTION_LISTEN, id=self.listener_id,
                            app_query=self._address.query)
@@ -329,8 +329,7 @@ class HybridConnectionListener:
         ws = self._control
         if ws is not None and not ws.closed:
             try:
-                async with self._send_lock:
-                    await asyncio.wait_for(ws.close(code=1000, message=b"Normal Closure"), self._close_timeout)
+                await ws.close(1000, "Normal Closure", timeout=self._close_timeout)
             except Exception:
                 pass
         if self._pump_task is not None:
@@ -409,30 +408,28 @@ class HybridConnectionListener:
         if not task.cancelled() and task.exception() is not None:
             _log.error("listener task failed", exc_info=task.exception())
 
-    async def _connect_control(self) -> tuple[aiohttp.ClientWebSocketResponse, RelayToken | None]:
+    async def _connect_control(self) -> tuple[RendezvousSocket, RelayToken | None]:
         token = await self._provider.get_token(self.address)
         headers = {HEADER_USER_AGENT: self._user_agent}
         if token is not None:
             headers[HEADER_TOKEN] = token.token
         context = f"listen on {self.address}"
         assert self._session is not None
-        # No heartbeat: aiohttp's sends PINGs; the keep-alive here is unsolicited PONGs (_keepalive_loop).
-        ws, status, reason = await ws_connect(self._session, self._url, headers=headers, context=context)
-        if ws is None:
+        # No PING keep-alive: the service may punish PINGs; the keep-alive here is unsolicited PONGs (_keepalive_loop).
+        ws = await RendezvousSocket.open(self._session, self._url, timeout=None, headers=headers, context=context)
+        if not isinstance(ws, RendezvousSocket):
+            status, reason = ws
             error = error_from_status(status, reason, context=context)
             if status == 401:
                 self._provider.invalidate(self.address)
             raise add_hint(error, self._provider, action="listen", sb_uri=self.address)
         self._control = ws
         _tcp_keepalive(ws, self._keepalive)
-        # Control-channel commands go out as one write each when aiohttp's internals allow it
-        # (then no lock is needed to keep a body next to its JSON); otherwise under _send_lock.
-        self._direct_writes = frames_supported(ws)
         self.last_error = None
         self._set_state(ListenerState.ONLINE)
         return ws, token
 
-    async def _pump(self, ws: aiohttp.ClientWebSocketResponse, token: RelayToken | None) -> None:
+    async def _pump(self, ws: RendezvousSocket, token: RelayToken | None) -> None:
         try:
             while True:
                 loop = asyncio.get_running_loop()
@@ -465,7 +462,7 @@ class HybridConnectionListener:
             self.last_error = exc
             self._set_state(ListenerState.OFFLINE)
 
-    async def _reconnect(self) -> tuple[aiohttp.ClientWebSocketResponse, RelayToken | None] | None:
+    async def _reconnect(self) -> tuple[RendezvousSocket, RelayToken | None] | None:
         self._set_state(ListenerState.CONNECTING)
         attempt = 0
         while not self._closing:
@@ -494,76 +491,76 @@ class HybridConnectionListener:
         except asyncio.TimeoutError:
             pass
 
-    async def _keepalive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _keepalive_loop(self, ws: RendezvousSocket) -> None:
         """An unsolicited PONG every ``keepalive_interval`` s (RFC 6455 §5.5.3: no answer expected)."""
         assert self._keepalive
         while not ws.closed:
             await asyncio.sleep(self._keepalive)
             try:
-                await ws.pong()
+                await ws.send_pong()
             except Exception:
                 return  # the pump notices the dead socket and reconnects
 
-    async def _send_control(self, ws: aiohttp.ClientWebSocketResponse, text: str, body: Any) -> None:
-        """One command (and its body) on the control channel, the two adjacent."""
-        if self._direct_writes:
-            await write_command(ws, text, body)
-            return
-        async with self._send_lock:
-            await ws.send_str(text)
-            if body:
-                await ws.send_bytes(body)
+    async def _send_control(self, ws: RendezvousSocket, text: str, body: Any) -> None:
+        """One command (and its body) on the control channel, the two adjacent: one write, so no lock."""
+        try:
+            await ws.send_command(text, body or None)
+        except RendezvousClosed:
+            raise ConnectionResetError("the control channel is closed") from None
 
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _serve(self, ws: RendezvousSocket) -> None:
         reader = CommandReader()
-        receive = ws.receive
+        receive = ws.recv_message
         spawn = self._spawn
         deadline = self._receive_timeout
         while True:
             try:
-                msg = await receive(deadline)
+                data = await (asyncio.wait_for(receive(), deadline) if deadline else receive())
             except asyncio.TimeoutError:
+                ws.abort(reason="receive deadline")  # the peer is gone: no close handshake to wait for
                 raise ConnectionLostError(
                     f"nothing arrived on the control channel of {self.address} for {deadline:g} s; reconnecting"
                 ) from None
-            kind = msg.type
-            if kind is _TEXT or kind is _BINARY:
-                try:
-                    result = reader.feed(msg.data)
-                except ProtocolError as exc:
-                    _log.warning("ignored a malformed control message: %s", exc)
-                    promised_body = reader.awaiting_body
-                    reader = CommandReader()
-                    if not (promised_body and kind is _TEXT):
-                        continue
-                    # The body announced by the previous command never came; this text is a new command.
-                    try:
-                        result = reader.feed(msg.data)
-                    except ProtocolError as exc2:
-                        _log.warning("ignored a malformed control message: %s", exc2)
-                        reader = CommandReader()
-                        continue
-                if result is None:
-                    continue
-                command, body = result
-                if type(command) is RequestCommand:
-                    spawn(self._http.on_request(ws, command, body))
-                elif type(command) is AcceptCommand:
-                    spawn(self._on_accept(command))
-                else:  # unknown or misdirected commands are ignored, as .NET does
-                    _log.debug("ignored a %s on the control channel", getattr(command, "name", type(command).__name__))
+            except UnicodeDecodeError:
+                _log.warning("ignored a malformed control message: a text message that is not valid UTF-8")
+                reader = CommandReader()
                 continue
-            if self._closing:
-                return
-            if kind is WSMsgType.CLOSE:
-                raise ConnectionLostError(f"the service closed the control channel of {self.address}: {msg.data} {msg.extra or ''}".strip())
-            if kind is WSMsgType.ERROR:
-                raise ConnectionLostError(f"the control channel of {self.address} failed: {msg.data}")
-            raise ConnectionLostError(f"the control channel of {self.address} was lost")
+            except RendezvousClosed as closed:
+                if self._closing:
+                    return
+                if closed.code is not None:
+                    raise ConnectionLostError(f"the service closed the control channel of {self.address}: {closed}") from None
+                if closed.reason:
+                    raise ConnectionLostError(f"the control channel of {self.address} failed: {closed.reason}") from None
+                raise ConnectionLostError(f"the control channel of {self.address} was lost") from None
+            try:
+                result = reader.feed(data)
+            except ProtocolError as exc:
+                _log.warning("ignored a malformed control message: %s", exc)
+                promised_body = reader.awaiting_body
+                reader = CommandReader()
+                if not (promised_body and type(data) is str):
+                    continue
+                # The body announced by the previous command never came; this text is a new command.
+                try:
+                    result = reader.feed(data)
+                except ProtocolError as exc2:
+                    _log.warning("ignored a malformed control message: %s", exc2)
+                    reader = CommandReader()
+                    continue
+            if result is None:
+                continue
+            command, body = result
+            if type(command) is RequestCommand:
+                spawn(self._http.on_request(ws, command, body))
+            elif type(command) is AcceptCommand:
+                spawn(self._on_accept(command))
+            else:  # unknown or misdirected commands are ignored, as .NET does
+                _log.debug("ignored a %s on the control channel", getattr(command, "name", type(command).__name__))
 
     # -- token renewal ---------------------------------------------------------------------------
 
-    async def _renew_loop(self, ws: aiohttp.ClientWebSocketResponse, token: RelayToken | None) -> None:
+    async def _renew_loop(self, ws: RendezvousSocket, token: RelayToken | None) -> None:
         if token is None:
             return
         while not ws.closed:
@@ -631,27 +628,28 @@ class HybridConnectionListener:
                 code = 400
             url = reject_url(command.address, code, ctx.status_description or MSG_REJECTED)
             try:
-                ws, status, _reason = await ws_connect(session, url, context="reject")
-            except RelayError as exc:
+                result = await RendezvousSocket.open(session, url, timeout=RENDEZVOUS_OPEN_TIMEOUT, context="reject")
+            except (RelayError, TimeoutError) as exc:
                 _log.warning("rejecting %s failed: %s", ctx.id, exc)
                 return
-            if ws is not None:
-                await ws.close()
-            elif status != 410:  # 410 Gone is the service's "rejection delivered"
-                _log.warning("rejecting %s: the service answered %d", ctx.id, status)
+            if isinstance(result, RendezvousSocket):
+                await result.close()
+            elif result[0] != 410:  # 410 Gone is the service's "rejection delivered"
+                _log.warning("rejecting %s: the service answered %d", ctx.id, result[0])
             return
         protocols = (ctx.subprotocol,) if ctx.subprotocol else ()
         try:
-            ws, status, reason = await asyncio.wait_for(
-                ws_connect(session, command.address, protocols=protocols, heartbeat=self._keepalive, context="accept"), 20.0
+            result = await RendezvousSocket.open(
+                session, command.address, timeout=RENDEZVOUS_OPEN_TIMEOUT, protocols=protocols, autoclose=False, context="accept"
             )
-        except (RelayError, asyncio.TimeoutError) as exc:
+        except (RelayError, TimeoutError) as exc:
             _log.warning("accepting %s failed: %s", ctx.id, exc)
             return
-        if ws is None:
-            _log.warning("accepting %s failed: %d %s", ctx.id, status, reason)
+        if not isinstance(result, RendezvousSocket):
+            _log.warning("accepting %s failed: %d %s", ctx.id, result[0], result[1])
             return
-        stream = HybridConnectionStream(ws, id=ctx.id, headers=ctx.headers, url=ctx.url)
+        result.keep_alive(self._keepalive)
+        stream = HybridConnectionStream(result, id=ctx.id, headers=ctx.headers, url=ctx.url)
         if self._closing:
             await stream.close(1001, MSG_SHUTTING_DOWN)
             return

@@ -7,12 +7,9 @@ binary, ``str`` → text) and each :meth:`receive` returns one message.
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Mapping
 
-import aiohttp
-from aiohttp import WSMsgType
-
+from ._rendezvous import BINARY, CONTINUATION, RendezvousClosed, RendezvousSocket
 from .errors import ConnectionLostError
 
 __all__ = ["HybridConnectionStream", "CLEAN_CLOSE_CODES"]
@@ -22,21 +19,6 @@ CLEAN_CLOSE_CODES = frozenset((1000, 1001))
 
 SHUTDOWN_REASON = "Shutdown"
 """Close reason of a half-close (.NET ``HybridConnectionStream.Shutdown``); the other direction stays open."""
-
-_BINARY = WSMsgType.BINARY
-_TEXT = WSMsgType.TEXT
-_CLOSE = WSMsgType.CLOSE
-
-
-def _drop_transport(ws: aiohttp.ClientWebSocketResponse) -> bool:
-    """Close the socket without another close frame (aiohttp's close() always sends one)."""
-    set_closed = getattr(ws, "_set_closed", None)
-    response = getattr(ws, "_response", None)
-    if set_closed is None or response is None:
-        return False
-    set_closed()
-    response.close()
-    return True
 
 
 class HybridConnectionStream:
@@ -67,7 +49,7 @@ class HybridConnectionStream:
 
     __slots__ = ("_ws", "_shutdown_sent", "_closed", "close_code", "close_reason", "id", "headers", "url", "__weakref__")
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, *, id: str = "", headers: Mapping[str, str] | None = None, url: str = ""):
+    def __init__(self, ws: RendezvousSocket, *, id: str = "", headers: Mapping[str, str] | None = None, url: str = ""):
         self._ws = ws
         self._shutdown_sent = False
         self._closed = False
@@ -83,48 +65,66 @@ class HybridConnectionStream:
 
     @property
     def subprotocol(self) -> str | None:
-        return self._ws.protocol
+        return self._ws.subprotocol
 
     @property
     def closed(self) -> bool:
         """True once both sides are done (after :meth:`close`, or a broken connection)."""
-        return self._closed or self._ws.closed
+        return self._closed or (self._ws.closed and self.close_code is None)
 
     async def send(self, data: bytes | bytearray | memoryview | str) -> None:
         """Send one message: ``str`` as text, bytes-like as binary."""
         if self._shutdown_sent or self._closed:
             raise ConnectionLostError("cannot send: this side already shut the stream down or closed it")
         try:
-            if type(data) is str:
-                await self._ws.send_str(data)
-            else:
-                await self._ws.send_bytes(data)
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            await self._ws.send(data)
+        except (RendezvousClosed, ConnectionError, RuntimeError) as exc:
             raise ConnectionLostError(f"the relayed connection is gone: {exc}") from None
 
     async def receive(self) -> bytes | str | None:
         """The next message; ``None`` after a clean close by the peer. See the class docs."""
-        msg = await self._ws.receive()
-        kind = msg.type
-        if kind is _BINARY or kind is _TEXT:
-            return msg.data
-        if kind is _CLOSE:
-            self.close_code = msg.data
-            self.close_reason = msg.extra or ""
-            if msg.data in CLEAN_CLOSE_CODES:
+        ws = self._ws
+        try:
+            opcode, fin, payload = await ws.recv_frame()
+            if opcode == CONTINUATION:
+                ws._protocol_error("a continuation frame without a message to continue")
+                raise ws._closed  # type: ignore[misc]
+            if not fin:
+                parts = [payload]
+                while not fin:
+                    next_opcode, fin, part = await ws.recv_frame()
+                    if next_opcode != CONTINUATION:
+                        ws._protocol_error("a new message inside a fragmented one")
+                        raise ws._closed  # type: ignore[misc]
+                    parts.append(part)
+                payload = b"".join(parts)
+        except RendezvousClosed as closed:
+            return await self._on_closed(closed)
+        if opcode == BINARY:
+            return payload
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            await self._finish(1007, "invalid UTF-8 in a text message")
+            raise ConnectionLostError("the relayed connection sent a text message that is not valid UTF-8") from None
+
+    async def _on_closed(self, closed: RendezvousClosed) -> None:
+        code = closed.code
+        if code is not None and self.close_code is None and not self._closed:
+            self.close_code = code
+            self.close_reason = closed.reason
+            if code in CLEAN_CLOSE_CODES:
                 if self._shutdown_sent:
                     await self._finish()  # both directions are done
                 # Otherwise a half-close: the send side stays open until close().
                 return None
             await self._finish()
-            raise ConnectionLostError(f"the relayed connection was closed with {msg.data} {msg.extra or ''}".strip())
-        if kind is WSMsgType.ERROR:
-            await self._finish()
-            raise ConnectionLostError(f"the relayed connection failed: {msg.data}")
-        # CLOSED / CLOSING: the transport went away (or we closed it).
+            raise ConnectionLostError(f"the relayed connection was closed with {code} {closed.reason}".strip())
         if self.close_code in CLEAN_CLOSE_CODES or self._closed:
             return None
         self._closed = True
+        if closed.reason:
+            raise ConnectionLostError(f"the relayed connection failed: {closed.reason}")
         raise ConnectionLostError("the relayed connection was lost without a close frame")
 
     def __aiter__(self) -> HybridConnectionStream:
@@ -144,9 +144,7 @@ class HybridConnectionStream:
         if self.close_code is not None:  # the peer already closed: complete the handshake
             await self._finish()
             return
-        try:
-            await self._ws.send_frame(struct.pack("!H", 1000) + SHUTDOWN_REASON.encode(), WSMsgType.CLOSE)
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+        if not self._ws.send_close(1000, SHUTDOWN_REASON):
             await self._finish()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -166,10 +164,9 @@ class HybridConnectionStream:
         if self._closed:
             return
         self._closed = True
-        if self._shutdown_sent and self.close_code is not None and _drop_transport(self._ws):
-            return  # both close frames have crossed: a second one from us would break the protocol
+        # After both close frames have crossed, close() only drops the connection.
         try:
-            await self._ws.close(code=code, message=reason.encode("utf-8"))
+            await self._ws.close(code, reason)
         except Exception:  # the transport is already gone; nothing left to release
             pass
 

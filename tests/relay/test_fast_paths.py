@@ -7,6 +7,8 @@ values that are already strings: these tests hold each fast path to the plain de
 
 from __future__ import annotations
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,7 +146,7 @@ async def test_stream_keepalive_pings_and_drops_a_silent_peer():
     import aiohttp
     from aiohttp import web
 
-    from relay._transport import ws_connect
+    from relay._rendezvous import RendezvousClosed, RendezvousSocket
 
     pings: list[bytes] = []
     answer = True
@@ -168,13 +170,14 @@ async def test_stream_keepalive_pings_and_drops_a_silent_peer():
     port = site._server.sockets[0].getsockname()[1]
     try:
         async with aiohttp.ClientSession() as session:
-            ws, status, _ = await ws_connect(session, f"http://127.0.0.1:{port}/", heartbeat=0.1)
-            assert status == 101
+            ws = await RendezvousSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
+            assert isinstance(ws, RendezvousSocket)
+            ws.keep_alive(0.1)
             await asyncio.sleep(0.5)  # answered: the socket stays open
             assert len(pings) >= 2 and not ws.closed
             answer = False
-            msg = await asyncio.wait_for(ws.receive(), 5)  # silent peer: dropped, receive() reports it
-            assert msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED)
+            with pytest.raises(RendezvousClosed, match="keep-alive"):  # silent peer: dropped, the reader is told why
+                await asyncio.wait_for(ws.recv_frame(), 5)
             assert ws.closed
     finally:
         await runner.cleanup()
