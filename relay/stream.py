@@ -105,7 +105,10 @@ class HybridConnectionStream:
         try:
             return payload.decode("utf-8")
         except UnicodeDecodeError:
-            await self._finish(1007, "invalid UTF-8 in a text message")
+            # Fail the connection (RFC 6455 §8.1): close with 1007 and drop it, no handshake to wait for.
+            self._closed = True
+            ws.send_close(1007, "invalid UTF-8 in a text message")
+            ws.abort()
             raise ConnectionLostError("the relayed connection sent a text message that is not valid UTF-8") from None
 
     async def _on_closed(self, closed: RendezvousClosed) -> None:
