@@ -14,6 +14,7 @@ from typing import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError
 
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from relay import tracing
@@ -182,6 +183,17 @@ def classify(exc: BaseException, settings: Settings, connection: str) -> SendFai
     return SendFailure(500, "internal", f"unexpected {type(exc).__name__} sending to {where}: {detail}", True)
 
 
+def tracing_idle() -> bool:
+    """True when spans would be no-ops that carry nothing: no tracer provider is installed and no span is current.
+
+    Then a span costs its set-up for nothing and :func:`relay.tracing.inject` adds no header, so
+    the hot paths skip both. With a provider, or inside a continued trace (a caller's
+    ``traceparent`` extracted into the current context), this is False and every span and
+    header is made as before.
+    """
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) and not trace.get_current_span().get_span_context().is_valid
+
+
 async def send_http(
     settings: Settings,
     connection: str,
@@ -197,23 +209,29 @@ async def send_http(
         raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
+        if tracing_idle():
+            return await _exchange(client, connection, method, path or "/", body, headers, timeout)
         with tracing.relay_request(method, client.address, path or "/"):
             headers = dict(headers)
             tracing.inject(headers)  # this span's W3C trace context goes to the listener
-            response = await client.request(method, path or "/", body=body or None, headers=headers,
-                                            timeout=timeout or REQUEST_TIMEOUT)
-            async with response:
-                if not MIN_STATUS <= response.status <= MAX_STATUS:
-                    raise SendFailure(
-                        502, "bad_listener_status",
-                        f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
-                        f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
-                        False,
-                    )
-                data = await response.read()
-                return RelayReply(response.status, response.reason, response.headers, data)
+            return await _exchange(client, connection, method, path or "/", body, headers, timeout)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a SendFailure
         raise classify(exc, settings, connection) from exc
+
+
+async def _exchange(client: HybridConnectionClient, connection: str, method: str, path: str | CanonicalPath, body: bytes,
+                    headers: Mapping[str, str], timeout: float | None) -> RelayReply:
+    response = await client.request(method, path, body=body or None, headers=headers, timeout=timeout or REQUEST_TIMEOUT)
+    async with response:
+        if not MIN_STATUS <= response.status <= MAX_STATUS:
+            raise SendFailure(
+                502, "bad_listener_status",
+                f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
+                f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
+                False,
+            )
+        data = await response.read()
+        return RelayReply(response.status, response.reason, response.headers, data)
 
 
 async def send_ws(
