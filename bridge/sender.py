@@ -45,6 +45,10 @@ MIN_STATUS, MAX_STATUS = 200, 599
 """Retry-After sent with 503 when no listener is connected or the connection dropped."""
 
 _clients: dict[tuple, HybridConnectionClient] = {}
+_MAX_TARGETS = 256
+_targets: dict[tuple[str, tuple[str, ...]], tuple[str, CanonicalPath]] = {}
+"""Accepted raw targets (text, allow-list) -> their :func:`resolve_target` answer, so a path repeated by callers
+is checked once (bounded: cleared when full)."""
 
 
 @dataclass
@@ -97,6 +101,11 @@ def resolve_target(settings: Settings, raw: str | CanonicalPath) -> tuple[str, C
     work. No match: 404 ``unknown_connection``. The returned :class:`CanonicalPath` is what is
     sent; no later layer changes it.
     """
+    key = (raw, settings.outbound_connections) if isinstance(raw, str) else None
+    if key is not None:
+        known = _targets.get(key)
+        if known is not None:
+            return known
     try:
         path = raw if isinstance(raw, CanonicalPath) else canonical_path(raw, what="request path")
     except PathError as exc:
@@ -104,6 +113,10 @@ def resolve_target(settings: Settings, raw: str | CanonicalPath) -> tuple[str, C
     match = split_connection(path, settings.outbound_connections)
     if match is None:
         raise unknown_connection(settings, path.segments[0] if path.segments else "")
+    if key is not None:  # the same text against the same allow-list always gives this answer (refusals are not kept)
+        if len(_targets) >= _MAX_TARGETS:
+            _targets.clear()
+        _targets[key] = match
     return match
 
 
