@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -25,9 +23,7 @@ from .invoker import Invoker
 from .keys import Keys, load_keys
 from .loader import FunctionIndex, load
 from .ports import PortBusyError, ensure_free
-
-if TYPE_CHECKING:
-    from .queues import QueueListener, QueueStore
+from .queues import QueueListener, QueueStore, decode_message
 from .timers import TimerRunner
 
 log = logging.getLogger("devhost")
@@ -63,9 +59,8 @@ class Host:
         http_names = [f.name for f in self.index.by_trigger("httpTrigger")]
         self.keys = load_keys(self.state_dir, http_names)
         self.invoker = Invoker(str(self.app_dir))
-        self.queue_store: QueueStore | None = None  # set by _start_queues, once the storage SDK is imported
-        self._queues_ready: asyncio.Future | None = None
-        self.invoker.output_handlers["queue"] = self._queue_output
+        self.queue_store = QueueStore(self.config.queues)
+        self.invoker.output_handlers["queue"] = self.queue_store.output_handler
         self.invoker.input_providers["durableClient"] = self._durable_client
         self.realism = load_realism(self.config.max_queue_polling_interval)
         if self.realism.enabled:
@@ -125,9 +120,8 @@ class Host:
             return web.Response(status=401)
         body = await request.read()
         connection = request.query.get("connection") or None
-        store = await self._store()
         try:
-            await store.send(connection, request.match_info["queue"], body)
+            await self.queue_store.send(connection, request.match_info["queue"], body)
         except Exception as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return _json({"queue": request.match_info["queue"], "bytes": len(body)}, status=201)
@@ -137,11 +131,8 @@ class Host:
         if not self._admin(request):
             return web.Response(status=401)
         connection = request.query.get("connection") or None
-        store = await self._store()
-        from .queues import decode_message
-
         try:
-            client = store.client(connection, request.match_info["queue"])
+            client = self.queue_store.client(connection, request.match_info["queue"])
             peeked = await client.peek_messages(max_messages=32)
         except Exception as exc:
             return web.json_response({"error": str(exc)}, status=400)
@@ -169,43 +160,14 @@ class Host:
         self.port = site._server.sockets[0].getsockname()[1]
         await self.durable.start()
         loop = asyncio.get_running_loop()
-        self._queues_ready = loop.create_task(self._start_queues())
+        for info in self.index.by_trigger("queueTrigger"):
+            listener = QueueListener(info, self.queue_store, self.invoker)
+            self.queue_store.register(listener)
+            self._listeners.append(listener)
+            self._tasks.append(loop.create_task(self._guard(f"queue listener {info.name}", listener.run())))
         for info in self.index.by_trigger("timerTrigger"):
             runner = TimerRunner(info, self.invoker)
             self._tasks.append(loop.create_task(self._guard(f"timer {info.name}", runner.run())))
-
-    async def _start_queues(self) -> QueueStore:
-        """The queue store and one listener per queue trigger, started while the host already serves HTTP.
-
-        In Azure, queue polling is the (.NET) host's work, outside the Python worker. Here it is
-        devhost's, and its storage SDK is about a third of devhost's start-up: it is imported in a
-        worker thread, so HTTP requests that wait on the network meanwhile (a cold relay_send's
-        token fetch and TLS handshakes) are not held up by it. Queue outputs, the enqueue/peek
-        helpers and stop() wait for this to finish.
-        """
-        queues = await asyncio.to_thread(importlib.import_module, f"{__package__}.queues")
-        store = self.queue_store = queues.QueueStore(self.config.queues)
-        loop = asyncio.get_running_loop()
-        for info in self.index.by_trigger("queueTrigger"):
-            listener = queues.QueueListener(info, store, self.invoker)
-            try:
-                store.register(listener)
-            except queues.ConnectionError_ as exc:  # like the host: this function is in error, the rest run
-                log.error("function %s will not run: %s", info.name, exc)
-                continue
-            self._listeners.append(listener)
-            self._tasks.append(loop.create_task(self._guard(f"queue listener {info.name}", listener.run())))
-        return store
-
-    async def _store(self) -> QueueStore:
-        if self._queues_ready is None:  # not started: no listeners, but outputs and helpers still work
-            self._queues_ready = asyncio.get_running_loop().create_task(self._start_queues())
-        return await asyncio.shield(self._queues_ready)
-
-    async def _queue_output(self, binding: dict, value) -> None:
-        """Invoker hook for ``queue`` output bindings (see :meth:`QueueStore.output_handler`)."""
-        store = await self._store()
-        await store.output_handler(binding, value)
 
     async def _guard(self, what: str, coro) -> None:
         try:
@@ -217,8 +179,6 @@ class Host:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop polling, give running queue invocations ``grace`` seconds, release the rest."""
-        if self._queues_ready is not None:
-            await asyncio.gather(self._queues_ready, return_exceptions=True)  # its listeners are in _tasks then
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -226,8 +186,7 @@ class Host:
         await self.durable.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self.queue_store is not None:
-            await self.queue_store.close()
+        await self.queue_store.close()
 
     def describe(self) -> dict:
         """The first stdout line: where the host listens and what it serves (no key values)."""
