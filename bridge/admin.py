@@ -20,8 +20,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from . import supervisor
-from .generation import window_prefix
-from .listener import HEARTBEAT_SECONDS, read_heartbeats
+from .generation import HEARTBEAT_SECONDS, window_prefix
 from .settings import RELAY_INBOUND_CONNECTIONS, SettingsError, get_settings
 
 log = logging.getLogger("bridge.admin")
@@ -69,6 +68,8 @@ async def listeners_status(req: func.HttpRequest, client: df.DurableOrchestratio
         settings = get_settings()
     except SettingsError as exc:
         return _json({"error": "configuration", "message": str(exc)}, 500)
+    from .listener import read_heartbeats  # on first use: the listener module is a large import (cold start)
+
     result = []
     for connection in settings.inbound_connections:
         try:

@@ -10,7 +10,10 @@ when the ids match). Tests call :func:`bridge.reset_caches` between cases.
 
 from __future__ import annotations
 
-from azure.identity.aio import ManagedIdentityCredential
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from azure.identity.aio import ManagedIdentityCredential
 
 _credentials: dict[str | None, ManagedIdentityCredential] = {}
 
@@ -19,6 +22,10 @@ def get_credential(client_id: str | None = None) -> ManagedIdentityCredential:
     """The process-wide credential for ``client_id`` (None: the system-assigned identity)."""
     credential = _credentials.get(client_id)
     if credential is None:
+        # azure-identity is imported here, not with the app: with msal and requests it is about a
+        # third of the app's import time, and indexing the functions does not need it.
+        from azure.identity.aio import ManagedIdentityCredential
+
         credential = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
         _credentials[client_id] = credential
     return credential

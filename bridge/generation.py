@@ -29,6 +29,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Generator
 
+HEARTBEAT_SECONDS = 3.0
+"""How often a running window writes its live counts to its heartbeat blob (the admin status route reads them)."""
+
 ACTIVITY = "listener_window"
 COLLECT = "collect_listener_reports"
 REPORT_GRACE_SECONDS = 20

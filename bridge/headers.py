@@ -102,26 +102,38 @@ def _denied(name: str) -> bool:
     return lowered.startswith(_DENIED_PREFIXES) or is_credential_header(lowered) or lowered == MODE_HEADER.lower()
 
 
-def _filter(headers: Mapping[str, str] | Iterable[tuple[str, str]], allowed: frozenset[str]) -> dict[str, str]:
+_MAX_REMEMBERED = 512
+"""Header names whose verdict a filter remembers (cleared when full, so odd names cannot grow it)."""
+_request_verdicts: dict[str, bool] = {}
+_response_verdicts: dict[str, bool] = {}
+
+
+def _filter(headers: Mapping[str, str] | Iterable[tuple[str, str]], allowed: frozenset[str], verdicts: dict[str, bool]) -> dict[str, str]:
+    # The same few header names arrive on every request: the verdict for a name (the deny list,
+    # then the allow-list) is computed once and remembered per exact spelling.
     items = headers.items() if hasattr(headers, "items") else headers
     out: dict[str, str] = {}
     for name, value in items:
-        lowered = name.lower()
-        if _denied(lowered):
-            continue
-        if lowered in allowed or lowered.startswith("x-"):
+        keep = verdicts.get(name)
+        if keep is None:
+            lowered = name.lower()
+            keep = not _denied(lowered) and (lowered in allowed or lowered.startswith("x-"))
+            if len(verdicts) >= _MAX_REMEMBERED:
+                verdicts.clear()
+            verdicts[name] = keep
+        if keep:
             out[name] = value
     return out
 
 
 def request_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     """The caller's headers that may go to the on-premises listener."""
-    return _filter(headers, REQUEST_HEADERS)
+    return _filter(headers, REQUEST_HEADERS, _request_verdicts)
 
 
 def response_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     """The listener's response headers that may go back to the caller."""
-    return _filter(headers, RESPONSE_HEADERS)
+    return _filter(headers, RESPONSE_HEADERS, _response_verdicts)
 
 
 def inbound_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind
 from relay import tracing
 
 from .headers import MODE_HEADER, request_headers, response_headers, strip_credentials_from_query
-from .sender import MAX_BODY_BYTES, SendFailure, resolve_target, send_http, send_ws
+from .sender import MAX_BODY_BYTES, SendFailure, resolve_target, send_http, send_ws, tracing_idle
 from .settings import SettingsError, get_settings
 
 log = logging.getLogger("bridge.http_send")
@@ -87,7 +87,12 @@ def _is_text(content_type: str) -> bool:
 @bp.route(route="relay/{connection}/{*path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 async def relay_send(req: func.HttpRequest) -> func.HttpResponse:
     """Forward the request to an on-premises listener over Relay (HTTP or WebSocket mode)."""
-    with tracing.span(tracing.FUNCTION_INVOCATION, kind=SpanKind.SERVER, context=tracing.extract(dict(req.headers.items())),
+    headers = req.headers
+    if tracing_idle() and "traceparent" not in headers and "tracestate" not in headers:
+        # Nothing would record and there is no trace to continue: the span would be a no-op
+        # whose context is empty, so skip building it (it cost more than the rest of the app's work).
+        return await _relay_send(req)
+    with tracing.span(tracing.FUNCTION_INVOCATION, kind=SpanKind.SERVER, context=tracing.extract(dict(headers.items())),
                       attributes={"faas.trigger": "http", "faas.name": "relay_send"}):  # continues the caller's traceparent
         return await _relay_send(req)
 

@@ -36,6 +36,7 @@ from relay.stream import HybridConnectionStream
 
 from . import fanin, storage, telemetry
 from .credentials import get_credential
+from .generation import HEARTBEAT_SECONDS
 from .headers import MESSAGE_ID_HEADER, inbound_headers, strip_credentials_from_query
 from .routing import route
 from .settings import Settings
@@ -45,8 +46,6 @@ log = logging.getLogger("bridge.listener")
 RETRY_AFTER_SECONDS = 5
 REPORT_PREFIX = "_listener-reports"
 STATUS_PREFIX = "_listener-status"
-HEARTBEAT_SECONDS = 3.0
-"""How often a running window writes its live counts to its heartbeat blob (the admin status route reads them)."""
 WS_IDLE_CLOSE_CODE = 1001
 """Close code for a WebSocket stream that sent nothing for INBOUND_WS_IDLE_SECONDS ("going away"; reconnect to send more)."""
 WS_TOO_BIG_CLOSE_CODE = 1009

@@ -13,8 +13,10 @@ import logging
 import azure.durable_functions as df
 
 from . import generation
-from .listener import WindowCounts, collect_reports, run_window, write_report
 from .settings import get_settings
+
+# bridge.listener (and with it the relay listener, the storage and identity SDKs) is imported by
+# the activities on first use: indexing the app and the HTTP send path never need it (cold start).
 
 log = logging.getLogger("bridge.listener_orchestration")
 
@@ -30,6 +32,8 @@ def listener_orchestrator(context: df.DurableOrchestrationContext):
 @bp.activity_trigger(input_name="window")
 async def listener_window(window: dict) -> dict:
     """Listen on ``window["connection"]`` for ``window["seconds"]``; returns counts, never payloads."""
+    from .listener import WindowCounts, run_window, write_report
+
     connection, window_id = window["connection"], window.get("windowId")
     try:
         settings = get_settings()
@@ -48,5 +52,7 @@ async def listener_window(window: dict) -> dict:
 @bp.activity_trigger(input_name="request")
 async def collect_listener_reports(request: dict) -> dict:
     """Read and delete the report blobs of ``request["windowIds"]`` (see bridge.listener)."""
+    from .listener import collect_reports
+
     return await collect_reports(get_settings(), request["connection"], list(request["windowIds"]),
                                  stale_seconds=request.get("staleSeconds"))

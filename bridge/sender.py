@@ -14,6 +14,7 @@ from typing import Mapping
 
 from azure.core.exceptions import ClientAuthenticationError
 
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from relay import tracing
@@ -44,6 +45,10 @@ MIN_STATUS, MAX_STATUS = 200, 599
 """Retry-After sent with 503 when no listener is connected or the connection dropped."""
 
 _clients: dict[tuple, HybridConnectionClient] = {}
+_MAX_TARGETS = 256
+_targets: dict[tuple[str, tuple[str, ...]], tuple[str, CanonicalPath]] = {}
+"""Accepted raw targets (text, allow-list) -> their :func:`resolve_target` answer, so a path repeated by callers
+is checked once (bounded: cleared when full)."""
 
 
 @dataclass
@@ -96,6 +101,11 @@ def resolve_target(settings: Settings, raw: str | CanonicalPath) -> tuple[str, C
     work. No match: 404 ``unknown_connection``. The returned :class:`CanonicalPath` is what is
     sent; no later layer changes it.
     """
+    key = (raw, settings.outbound_connections) if isinstance(raw, str) else None
+    if key is not None:
+        known = _targets.get(key)
+        if known is not None:
+            return known
     try:
         path = raw if isinstance(raw, CanonicalPath) else canonical_path(raw, what="request path")
     except PathError as exc:
@@ -103,6 +113,10 @@ def resolve_target(settings: Settings, raw: str | CanonicalPath) -> tuple[str, C
     match = split_connection(path, settings.outbound_connections)
     if match is None:
         raise unknown_connection(settings, path.segments[0] if path.segments else "")
+    if key is not None:  # the same text against the same allow-list always gives this answer (refusals are not kept)
+        if len(_targets) >= _MAX_TARGETS:
+            _targets.clear()
+        _targets[key] = match
     return match
 
 
@@ -182,6 +196,17 @@ def classify(exc: BaseException, settings: Settings, connection: str) -> SendFai
     return SendFailure(500, "internal", f"unexpected {type(exc).__name__} sending to {where}: {detail}", True)
 
 
+def tracing_idle() -> bool:
+    """True when spans would be no-ops that carry nothing: no tracer provider is installed and no span is current.
+
+    Then a span costs its set-up for nothing and :func:`relay.tracing.inject` adds no header, so
+    the hot paths skip both. With a provider, or inside a continued trace (a caller's
+    ``traceparent`` extracted into the current context), this is False and every span and
+    header is made as before.
+    """
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) and not trace.get_current_span().get_span_context().is_valid
+
+
 async def send_http(
     settings: Settings,
     connection: str,
@@ -197,23 +222,29 @@ async def send_http(
         raise SendFailure(413, "payload_too_large", f"the body has {len(body)} bytes; the bridge relays at most {MAX_BODY_BYTES}", False)
     client = client_for(settings, connection)
     try:
+        if tracing_idle():
+            return await _exchange(client, connection, method, path or "/", body, headers, timeout)
         with tracing.relay_request(method, client.address, path or "/"):
             headers = dict(headers)
             tracing.inject(headers)  # this span's W3C trace context goes to the listener
-            response = await client.request(method, path or "/", body=body or None, headers=headers,
-                                            timeout=timeout or REQUEST_TIMEOUT)
-            async with response:
-                if not MIN_STATUS <= response.status <= MAX_STATUS:
-                    raise SendFailure(
-                        502, "bad_listener_status",
-                        f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
-                        f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
-                        False,
-                    )
-                data = await response.read()
-                return RelayReply(response.status, response.reason, response.headers, data)
+            return await _exchange(client, connection, method, path or "/", body, headers, timeout)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a SendFailure
         raise classify(exc, settings, connection) from exc
+
+
+async def _exchange(client: HybridConnectionClient, connection: str, method: str, path: str | CanonicalPath, body: bytes,
+                    headers: Mapping[str, str], timeout: float | None) -> RelayReply:
+    response = await client.request(method, path, body=body or None, headers=headers, timeout=timeout or REQUEST_TIMEOUT)
+    async with response:
+        if not MIN_STATUS <= response.status <= MAX_STATUS:
+            raise SendFailure(
+                502, "bad_listener_status",
+                f"the listener on hybrid connection {connection!r} answered status {response.status}, which is not a "
+                f"final HTTP status ({MIN_STATUS}-{MAX_STATUS}); fix the on-premises service",
+                False,
+            )
+        data = await response.read()
+        return RelayReply(response.status, response.reason, response.headers, data)
 
 
 async def send_ws(

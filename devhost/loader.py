@@ -7,6 +7,7 @@ once (a second call on the same app raises; functions-notes §1.2).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -41,16 +42,16 @@ class FunctionInfo:
     def trigger_type(self) -> str:
         return self.trigger["type"]
 
-    @property
-    def is_async(self) -> bool:
+    @functools.cached_property
+    def is_async(self) -> bool:  # asked on every invocation; the callable never changes
         return inspect.iscoroutinefunction(self.callable)
 
     def bindings_of(self, type_: str, direction: str | None = None) -> list[dict]:
         return [b for b in self.bindings
                 if b["type"] == type_ and (direction is None or b.get("direction") == direction)]
 
-    @property
-    def output_bindings(self) -> list[dict]:
+    @functools.cached_property
+    def output_bindings(self) -> list[dict]:  # asked twice per invocation; bindings are fixed at indexing
         return [b for b in self.bindings if b.get("direction") == "OUT"]
 
 

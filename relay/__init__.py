@@ -34,7 +34,10 @@ from .errors import (
     RelayError,
     RelayTimeoutError,
 )
-from .listener import AcceptContext, HybridConnectionListener, ListenerState, RelayedHttpRequest, RelayedHttpResponse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .listener import AcceptContext, HybridConnectionListener, ListenerState, RelayedHttpRequest, RelayedHttpResponse
 from .stream import HybridConnectionStream
 
 __all__ = [
@@ -67,3 +70,17 @@ __all__ = [
     "parse_connection_string",
     "token_fetch_count",
 ]
+
+_LISTENER_NAMES = frozenset({"AcceptContext", "HybridConnectionListener", "ListenerState", "RelayedHttpRequest", "RelayedHttpResponse"})
+
+
+def __getattr__(name: str):
+    # The listener side (with its HTTP serving and rendezvous modules) is imported on first use:
+    # a sender-only process, such as the Functions app's send path, never pays for it (cold start).
+    if name in _LISTENER_NAMES:
+        from . import listener
+
+        value = getattr(listener, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'relay' has no attribute {name!r}")
