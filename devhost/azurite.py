@@ -99,7 +99,9 @@ async def start_azurite(
                            "(UseDevelopmentStorage=true assumes them)")
     key = None if well_known else (account_key or base64.b64encode(secrets.token_bytes(32)).decode())
     args = [
-        str(AZURITE_BIN), "--disableTelemetry", "--skipApiVersionCheck", "--loose",
+        # --silent: no access log. Azurite formats and writes a line per request (morgan) that we
+        # only drain and drop; the start-up lines we read come from console.log and still appear.
+        str(AZURITE_BIN), "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent",
         "--blobHost", host, "--queueHost", host, "--tableHost", host,
         "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table),
     ]
