@@ -88,12 +88,15 @@ async def test_prefetch_keeps_at_most_batch_size_plus_threshold_in_flight(azurit
         await q.send(*(f"m{i}" for i in range(14)))
         q.start()
         await wait_until(lambda: len(running) == 4)
-        while len(seen) < 14:  # finish one message at a time, giving the listener time to fetch
+        while len(seen) < 14:  # finish one message at a time
+            before = len(seen)
             gate.release()
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: len(seen) > before)
+            if len(running) == 2 and len(seen) + len(running) < 14:  # down to newBatchThreshold: the next batch comes
+                await wait_until(lambda: len(running) > 2)
         await wait_until(lambda: not q.listener.in_flight)
         assert sorted(seen) == sorted(f"m{i}" for i in range(14))
-        assert 4 < peak <= 4 + 2, peak  # prefetched, but never more than batchSize + newBatchThreshold
+        assert peak == 4 + 2  # prefetched at the threshold, never more than batchSize + newBatchThreshold
         assert await q.count() == 0  # each deleted after its success
     finally:
         await q.close()
