@@ -9,7 +9,8 @@ around a SIZE-byte body) and the same concurrency, with no Relay in front.
 queue listener drains them with a function that does nothing: one Get Messages request for up to
 BATCH messages (leased), the next fetch once no more than THRESHOLD are in flight (host.json
 ``batchSize`` / ``newBatchThreshold``), one delete per message as soon as it is "processed". The
-rate is COUNT divided by the time from the first fetch to the last delete. No relay and no app,
+rate is counted like the drain's (first to last arrival): from the first fetched message to the
+last delete. No relay and no app,
 so the drain can reach this rate at best; the difference is the app's and the relay's share.
 
     python -m bench.queue_load CONNECTION_STRING QUEUE SIZE CONCURRENCY SECONDS
@@ -110,11 +111,12 @@ async def drain(connection_string: str, queue_name: str, size: int, batch: int, 
         in_flight: set[asyncio.Task] = set()
 
         async def settle(message) -> None:
-            nonlocal errors
+            nonlocal errors, last
             t0 = time.perf_counter()
             try:
                 await queue.delete_message(message.id, message.pop_receipt)
-                latencies.append(time.perf_counter() - t0)
+                last = time.perf_counter()
+                latencies.append(last - t0)
             except Exception as exc:
                 errors += 1
                 if errors == 1:
@@ -123,6 +125,7 @@ async def drain(connection_string: str, queue_name: str, size: int, batch: int, 
         emit({"mark": "start"})
         cpu0, start = time.process_time(), time.perf_counter()
         fetched = fetches = 0
+        first = last = 0.0
         while fetched < count:
             if len(in_flight) > threshold:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -137,6 +140,7 @@ async def drain(connection_string: str, queue_name: str, size: int, batch: int, 
             if not messages:
                 break  # nothing visible: every message was fetched
             fetched += len(messages)
+            first = first or time.perf_counter()
             for message in messages:
                 json.loads(message.content)  # what the function would parse first
                 task = asyncio.create_task(settle(message))
@@ -146,9 +150,13 @@ async def drain(connection_string: str, queue_name: str, size: int, batch: int, 
             await asyncio.wait(in_flight)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
         emit({"mark": "stop"})
-    emit(summary(latencies, elapsed, cpu, messages=count, fetched=fetched, fetches=fetches, batch=batch,
+    result = summary(latencies, elapsed, cpu, messages=count, fetched=fetched, fetches=fetches, batch=batch,
                  threshold=threshold, concurrency=batch, errors=errors, lost=count - len(latencies),
-                 sender_cpu_us_per_request=round(cpu / len(latencies) * 1e6, 1) if latencies else None))
+                     sender_cpu_us_per_request=round(cpu / len(latencies) * 1e6, 1) if latencies else None)
+    # Like the drain figure (first to last arrival): from the first fetched message to the last delete.
+    span = last - first
+    result["per_second"] = round((len(latencies) - 1) / span, 1) if span > 0 and len(latencies) > 1 else None
+    emit(result)
 
 
 if __name__ == "__main__":
