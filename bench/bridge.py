@@ -55,6 +55,7 @@ from .runner import PY, ROOT, median_run, run_worker
 BRIDGE_GROUPS = ("relay_send", "queue_send", "fanin", "scaleout", "coldstart")
 FANIN_QUEUE = "bench-inbound"
 RAW_QUEUE = "bench-raw"
+CEILING_QUEUE = "bench-drain"
 LISTENERS_SETTING = "RELAY_LISTENERS_PER_CONNECTION"
 _ONLINE = re.compile(r"listener (\S+) online on (\S+) \(")
 _OFFLINE = re.compile(r"listener (\S+) offline on (\S+)")
@@ -68,6 +69,13 @@ def trigger_batch_size() -> int:
     """host.json ``extensions.queues.batchSize``: how many queue messages the trigger runs at once."""
     host = json.loads((ROOT / "host.json").read_text())
     return int(host.get("extensions", {}).get("queues", {}).get("batchSize", 16))
+
+
+def trigger_batch_threshold() -> int:
+    """host.json ``extensions.queues.newBatchThreshold`` (default batchSize / 2): when the trigger fetches again."""
+    host = json.loads((ROOT / "host.json").read_text())
+    queues = host.get("extensions", {}).get("queues", {})
+    return int(queues.get("newBatchThreshold", trigger_batch_size() // 2))
 
 
 def listeners_online(emulator_log: Path, entity: str) -> int:
@@ -176,6 +184,16 @@ class BridgeBench:
         return QueueClient.from_connection_string(self.azurite.connection_string, name,
                                                   message_encode_policy=TextBase64EncodePolicy())
 
+    async def clear(self, name: str) -> None:
+        """Empty a queue a figure filled. Azurite's cost per queue operation grows with every message it
+        stores, in any queue (3,000 messages elsewhere made a delete ~10x dearer), so one figure's
+        leftovers would slow the next."""
+        async with self.queue(name) as queue:
+            try:
+                await queue.clear_messages()
+            except ResourceNotFoundError:
+                pass
+
     async def queue_count(self, name: str) -> int:
         async with self.queue(name) as queue:
             try:
@@ -266,7 +284,15 @@ class BridgeBench:
         direct["sender_cpu_us_per_request"] = direct_worker.get("sender_cpu_us_per_request")
         direct["concurrency"] = bridge["concurrency"]
         direct["errors"] = direct_worker["errors"]
-        return {"bridge": bridge, "direct": direct}
+        return {"bridge": bridge, "direct": direct, "azurite": await self.azurite_drain(count, timeout)}
+
+    async def azurite_drain(self, count: int, timeout: float) -> dict:
+        """Azurite's own ceiling for the drain: ``count`` messages fetched and deleted as devhost does, no app, no relay."""
+        meters = ProcessMeters({"azurite": self.azurite.process.pid})
+        ceiling = await run_worker(PY, "-m", "bench.queue_load", "--drain", self.azurite.connection_string, CEILING_QUEUE,
+                                   str(self.args.size), str(trigger_batch_size()), str(trigger_batch_threshold()), str(count),
+                                   timeout=timeout, on_mark=meters.on_mark)
+        return meters.record(ceiling, ceiling["count"])
 
     def meters(self, host: Child | None = None, **extra: int | None) -> ProcessMeters:
         """CPU meters for the app (devhost), the emulator, the on-premises listener and ``extra`` processes."""
@@ -342,12 +368,14 @@ class BridgeBench:
             await asyncio.sleep(0.2)
             stored = await self.queue_count(FANIN_QUEUE) - before
         load.update(accepted=accepted, stored=stored, lost=accepted - stored)
+        await self.clear(FANIN_QUEUE)
         return load
 
     async def azurite_raw(self, concurrency: int) -> dict:
         meters = ProcessMeters({"azurite": self.azurite.process.pid})
         raw = await run_worker(PY, "-m", "bench.queue_load", self.azurite.connection_string, RAW_QUEUE,
                                str(self.args.size), str(concurrency), str(self.args.seconds), on_mark=meters.on_mark)
+        await self.clear(RAW_QUEUE)
         return meters.record(raw, raw["count"])
 
     async def coldstart_once(self) -> dict:

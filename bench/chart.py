@@ -124,6 +124,10 @@ def render_bridge(report: dict, path: Path) -> Path | None:
         values += [queue["bridge"].get("per_second"), queue["direct"].get("per_second")]
         notes += [f"{queue['bridge']['messages']} msgs, lost {queue['bridge']['lost']}",
                   f"c={queue['direct']['concurrency']}, lost {queue['direct']['lost']}"]
+        if queue.get("azurite"):
+            labels.append("Azurite ceiling: fetch + delete")
+            values.append(queue["azurite"].get("per_second"))
+            notes.append(f"batch {queue['azurite'].get('batch')}, no app")
     if fanin:
         labels += ["bridge: fan-in stored", "direct: Azurite raw enqueue"]
         values += [fanin["bridge"]["per_second"], fanin["azurite"]["per_second"]]

@@ -48,16 +48,39 @@ MAX_DEQUEUE_COUNT_SETTING = "AzureFunctionsJobHost__extensions__queues__maxDeque
 """The app setting with which the host overrides host.json's value; the bridge follows it too."""
 
 
-def max_dequeue_count(environ=os.environ) -> int:
-    """The host's maxDequeueCount: the overriding app setting if set (case-insensitive), else host.json's."""
+_setting_name: tuple[int, str | None] | None = None
+"""(size of os.environ when it was scanned, the spelling of the override setting found then or None)."""
+
+
+def _override_name(environ) -> str | None:
+    """The name under which ``environ`` holds the override setting (any case), or None."""
     wanted = MAX_DEQUEUE_COUNT_SETTING.lower()
-    for name, value in environ.items():
-        if name.lower() == wanted:
-            try:
-                return max(1, int(value))
-            except ValueError:
-                break
+    return next((name for name in environ if name.lower() == wanted), None)
+
+
+def max_dequeue_count(environ=os.environ) -> int:
+    """The host's maxDequeueCount: the overriding app setting if set (case-insensitive), else host.json's.
+
+    Called per message. For ``os.environ`` the setting's spelling is looked up by a scan only when
+    the environment gained or lost variables since the last scan (app settings change by a worker
+    restart in Azure); the value itself is read on every call, so a changed value counts at once.
+    """
+    global _setting_name
+    if environ is os.environ:
+        if _setting_name is None or _setting_name[0] != len(environ):
+            _setting_name = (len(environ), _override_name(environ))
+        name = _setting_name[1]
+    else:
+        name = _override_name(environ)
+    value = environ.get(name) if name is not None else None
+    if value is not None:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            pass
     return MAX_DEQUEUE_COUNT
+
+
 TRANSIENT_LISTENER_STATUSES = frozenset({408, 425, 429})
 
 

@@ -8,6 +8,12 @@ A message is deleted only after the function succeeded; a failure makes it visib
 after ``visibilityTimeout``; after ``maxDequeueCount`` failed attempts it moves, unchanged, to
 ``<queue>-poison``. Messages stay invisible while a function runs (the lease is renewed), so a
 crash of devhost only delays them.
+
+Per fetch exactly one Get Messages request (the host's ``GetMessagesAsync(batchSize)``); the
+SDK's pager would otherwise ask again whenever a page came back short. All storage calls go
+through one pooled client per connection, with a counter-based client request id (the SDK's
+default ``uuid1()`` costs a system call per request). One renewal task per listener keeps the
+leases of every running message, instead of a task per message.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import binascii
 import json
 import logging
 import os
+import itertools
 import random
+import uuid
 from typing import Any
 
 import azure.functions as func
@@ -33,7 +41,8 @@ from .loader import FunctionInfo
 log = logging.getLogger("devhost.queues")
 
 LEASE_SECONDS = 600  # how long a fetched message stays invisible while its function runs
-RENEW_EVERY = 240
+RENEW_EVERY = 240  # a running message's lease is renewed once it is this old (seconds)
+RENEW_CHECK = 30  # how often the listener's renewal task looks for such leases
 MIN_POLL = 0.1
 
 
@@ -145,6 +154,13 @@ class QueueListener:
 
     def __init__(self, info: FunctionInfo, store: QueueStore, invoker: Invoker) -> None:
         self.info = info
+        self.requests = 0
+        """Storage requests this listener made (fetches, deletes, lease updates, poison moves)."""
+        self.fetches = 0
+        """Get Messages requests (one per fetch)."""
+        self._ids = itertools.count(1)
+        self._id_prefix = f"devhost-{uuid.uuid4().hex[:12]}-"
+        self._leases: dict[str, dict] = {}  # message id -> lease of a running message
         self.store = store
         self.invoker = invoker
         self.options = store.options
@@ -158,6 +174,20 @@ class QueueListener:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _request_id(self) -> str:
+        """A unique ``x-ms-client-request-id`` (the storage logs show it) without ``uuid1()``'s system call."""
+        self.requests += 1
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    async def _fetch(self, client: QueueClient, count: int) -> list:
+        """One Get Messages request for up to ``count`` messages, leased for ``LEASE_SECONDS``."""
+        self.fetches += 1
+        pages = client.receive_messages(messages_per_page=count, max_messages=count, visibility_timeout=LEASE_SECONDS,
+                                        client_request_id=self._request_id()).by_page()
+        async for page in pages:
+            return [message async for message in page]
+        return []
 
     async def _connect(self) -> QueueClient:
         """Create the queue and its poison queue; keep retrying while storage is unreachable."""
@@ -181,17 +211,24 @@ class QueueListener:
         except ConnectionError_ as exc:
             log.error("function %s will not run: %s", self.info.name, exc)
             return
+        renewer = asyncio.create_task(self._renew_leases(client))
+        try:
+            await self._poll(client)
+        finally:
+            renewer.cancel()
+
+    async def _poll(self, client: QueueClient) -> None:
         opts = self.options
         in_flight = self.in_flight
         delay = MIN_POLL
         while True:
+            # The host fetches the next batch once the messages in flight drop to newBatchThreshold,
+            # so at most batchSize + newBatchThreshold run at once.
             if len(in_flight) > opts.threshold:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                messages = [m async for m in client.receive_messages(
-                    messages_per_page=opts.batch_size, max_messages=opts.batch_size,
-                    visibility_timeout=LEASE_SECONDS)]
+                messages = await self._fetch(client, opts.batch_size)
             except Exception as exc:  # Azurite restarting etc.: back off, keep going
                 log.warning("queue %s: receive failed: %s", self.queue, describe_exception(exc))
                 messages = []
@@ -211,11 +248,12 @@ class QueueListener:
 
     async def _process(self, client: QueueClient, message) -> None:
         opts = self.options
-        lease = {"pop_receipt": message.pop_receipt}
+        lease = {"pop_receipt": message.pop_receipt, "renew_at": asyncio.get_running_loop().time() + RENEW_EVERY,
+                 "renewing": None}
         if message.dequeue_count > opts.max_dequeue_count:  # exceeded while devhost was down
             await self._to_poison(client, message, lease)
             return
-        renewer = asyncio.create_task(self._renew(client, message, lease))
+        self._leases[message.id] = lease
         ok = False
         try:
             body = decode_message(message.content or "", opts.message_encoding)
@@ -229,25 +267,40 @@ class QueueListener:
             log.error("function %s failed for message %s (dequeue count %s): %s",
                       self.info.name, message.id, message.dequeue_count, describe_exception(exc))
         except asyncio.CancelledError:  # devhost stops: hand the message back at once
-            renewer.cancel()
+            self._leases.pop(message.id, None)
             try:
-                await asyncio.shield(client.update_message(message.id, lease["pop_receipt"], visibility_timeout=0))
+                await asyncio.shield(self._settled(client, message, lease, visibility_timeout=0))
             except Exception:
                 pass  # it reappears when the lease expires
             raise
         finally:
-            renewer.cancel()
+            self._leases.pop(message.id, None)
         try:
             if ok:
-                await client.delete_message(message.id, lease["pop_receipt"])
+                await self._settled(client, message, lease)
                 log.debug("function %s processed message %s", self.info.name, message.id)
             elif message.dequeue_count >= opts.max_dequeue_count:
                 await self._to_poison(client, message, lease)
             else:
-                await client.update_message(message.id, lease["pop_receipt"],
-                                            visibility_timeout=int(opts.visibility_timeout))
+                await self._settled(client, message, lease, visibility_timeout=int(opts.visibility_timeout))
         except ResourceNotFoundError:
             log.warning("queue %s: message %s vanished (lease lost?)", self.queue, message.id)
+
+    async def _settled(self, client: QueueClient, message, lease: dict, visibility_timeout: int | None = None) -> None:
+        """Delete the message (``visibility_timeout`` None) or make it visible again after that many seconds.
+
+        Waits for a lease renewal that is under way first: it changes the pop receipt.
+        """
+        if lease["renewing"] is not None:
+            try:
+                await asyncio.shield(lease["renewing"])
+            except Exception:
+                pass  # the old receipt is all there is; a refusal says why
+        if visibility_timeout is None:
+            await client.delete_message(message.id, lease["pop_receipt"], client_request_id=self._request_id())
+        else:
+            await client.update_message(message.id, lease["pop_receipt"], visibility_timeout=visibility_timeout,
+                                        client_request_id=self._request_id())
 
     async def stop(self, grace: float) -> None:
         """Let running invocations finish for ``grace`` seconds, then cancel and release the rest."""
@@ -274,15 +327,31 @@ class QueueListener:
             insertion_time=message.inserted_on, time_next_visible=message.next_visible_on,
             pop_receipt=message.pop_receipt)
 
-    async def _renew(self, client: QueueClient, message, lease: dict) -> None:
+    async def _renew_leases(self, client: QueueClient) -> None:
+        """Every ``RENEW_CHECK`` s, extend the lease of each running message older than ``RENEW_EVERY`` s."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(RENEW_EVERY)
-            receipt = await client.update_message(message.id, lease["pop_receipt"],
-                                                  visibility_timeout=LEASE_SECONDS)
-            lease["pop_receipt"] = receipt.pop_receipt
+            await asyncio.sleep(RENEW_CHECK)
+            now = loop.time()
+            for message_id, lease in list(self._leases.items()):
+                if lease["renew_at"] <= now and self._leases.get(message_id) is lease:
+                    lease["renewing"] = loop.create_task(self._renew(client, message_id, lease))
+                    try:
+                        await asyncio.shield(lease["renewing"])
+                    except Exception as exc:  # the function keeps running; the message may reappear
+                        log.warning("queue %s: lease of message %s not renewed: %s",
+                                    self.queue, message_id, describe_exception(exc))
+                    finally:
+                        lease["renewing"] = None
+
+    async def _renew(self, client: QueueClient, message_id: str, lease: dict) -> None:
+        receipt = await client.update_message(message_id, lease["pop_receipt"], visibility_timeout=LEASE_SECONDS,
+                                              client_request_id=self._request_id())
+        lease["pop_receipt"] = receipt.pop_receipt
+        lease["renew_at"] = asyncio.get_running_loop().time() + RENEW_EVERY
 
     async def _to_poison(self, client: QueueClient, message, lease: dict) -> None:
-        await self.poison.send_message(message.content)
-        await client.delete_message(message.id, lease["pop_receipt"])
+        await self.poison.send_message(message.content, client_request_id=self._request_id())
+        await self._settled(client, message, lease)
         log.warning("function %s: message %s moved to %s-poison after %s attempts",
                     self.info.name, message.id, self.queue, message.dequeue_count)

@@ -151,3 +151,17 @@ async def test_identity_endpoint_failure_is_retried(bridge_env, poison):
     with pytest.raises(RetryLater, match="managed identity token"):
         await relay_queue_send(queue_message(json.dumps({"connection": "echo", "body": "x"}), dequeue_count=1))
     assert await poison(0) == []
+
+
+def test_max_dequeue_count_follows_the_process_environment(monkeypatch):
+    """The per-message lookup remembers only where the setting is: a new, changed or removed value counts at once."""
+    from bridge.outbound import MAX_DEQUEUE_COUNT_SETTING, max_dequeue_count
+
+    monkeypatch.delenv(MAX_DEQUEUE_COUNT_SETTING, raising=False)
+    assert max_dequeue_count() == MAX_DEQUEUE_COUNT
+    monkeypatch.setenv(MAX_DEQUEUE_COUNT_SETTING.upper(), "3")
+    assert max_dequeue_count() == 3
+    monkeypatch.setenv(MAX_DEQUEUE_COUNT_SETTING.upper(), "7")  # same variable, new value
+    assert max_dequeue_count() == 7
+    monkeypatch.delenv(MAX_DEQUEUE_COUNT_SETTING.upper())
+    assert max_dequeue_count() == MAX_DEQUEUE_COUNT
