@@ -29,7 +29,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from bridge import fanin
+from bridge import fanin, storage
 
 from .stats import emit, summary
 
@@ -50,7 +50,7 @@ async def main(connection_string: str, queue_name: str, size: int, concurrency: 
     latencies: list[float] = []
     errors = 0
     async with QueueClient.from_connection_string(
-        connection_string, queue_name, message_encode_policy=TextBase64EncodePolicy()
+        connection_string, queue_name, message_encode_policy=TextBase64EncodePolicy(), **storage.client_options()
     ) as queue:
         try:
             await queue.create_queue()
@@ -95,7 +95,7 @@ async def drain(connection_string: str, queue_name: str, size: int, batch: int, 
     errors = 0
     async with QueueClient.from_connection_string(
         connection_string, queue_name, message_encode_policy=TextBase64EncodePolicy(),
-        message_decode_policy=TextBase64DecodePolicy(), use_env_settings=False,
+        message_decode_policy=TextBase64DecodePolicy(), **storage.client_options(),
     ) as queue:
         try:
             await queue.create_queue()

@@ -49,7 +49,8 @@ def use_env_settings(environ: Mapping[str, str] = os.environ) -> bool:
     return any(name.lower() in PROXY_VARIABLES and value for name, value in environ.items())
 
 
-def _options() -> dict:
+def client_options() -> dict:
+    """The storage clients' options (retries, timeouts, proxy lookup): the app's, and the bench's yardsticks."""
     return {"retry_total": RETRY_TOTAL, "initial_backoff": 1, "increment_base": 2, "connection_timeout": 10,
             "use_env_settings": use_env_settings()}
 
@@ -69,9 +70,9 @@ def queue_service() -> QueueServiceClient:
 
         storage = get_settings().storage
         if storage.uses_identity:
-            _queue_service = QueueServiceClient(storage.queue_service_uri, credential=get_credential(storage.client_id), **_options())
+            _queue_service = QueueServiceClient(storage.queue_service_uri, credential=get_credential(storage.client_id), **client_options())
         else:
-            _queue_service = QueueServiceClient.from_connection_string(storage.connection_string, **_options())
+            _queue_service = QueueServiceClient.from_connection_string(storage.connection_string, **client_options())
     return _queue_service
 
 
@@ -83,9 +84,9 @@ def blob_service() -> BlobServiceClient:
 
         storage = get_settings().storage
         if storage.uses_identity:
-            _blob_service = BlobServiceClient(storage.blob_service_uri, credential=get_credential(storage.client_id), **_options())
+            _blob_service = BlobServiceClient(storage.blob_service_uri, credential=get_credential(storage.client_id), **client_options())
         else:
-            _blob_service = BlobServiceClient.from_connection_string(storage.connection_string, **_options())
+            _blob_service = BlobServiceClient.from_connection_string(storage.connection_string, **client_options())
     return _blob_service
 
 
