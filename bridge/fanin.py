@@ -95,7 +95,7 @@ async def store(message: dict, body: bytes, *, queue: str, container: str, conte
     inline = json.dumps(with_body(message, body), separators=(",", ":"), ensure_ascii=False)
     queue_client = await storage.queue(queue)
     if encoded_size(inline) <= QUEUE_MESSAGE_LIMIT:
-        await queue_client.send_message(inline, time_to_live=-1)
+        await queue_client.send_message(inline, time_to_live=-1, client_request_id=storage.client_request_id())
         return Stored(queue, False)
     from azure.storage.blob import ContentSettings  # on first use: the blob SDK is a large import
 
@@ -106,10 +106,12 @@ async def store(message: dict, body: bytes, *, queue: str, container: str, conte
             blob_name, body, overwrite=True,
             content_settings=ContentSettings(content_type=content_type or "application/octet-stream"),
             metadata={"connection": message["connection"].replace("/", "_"), "messageid": message["id"]},
+            client_request_id=storage.client_request_id(),
         )
     reference = {
         **message,
         "claimCheck": {"container": container, "blob": blob_name, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()},
     }
-    await queue_client.send_message(json.dumps(reference, separators=(",", ":"), ensure_ascii=False), time_to_live=-1)
+    await queue_client.send_message(json.dumps(reference, separators=(",", ":"), ensure_ascii=False), time_to_live=-1,
+                                    client_request_id=storage.client_request_id())
     return Stored(queue, True, blob_name)

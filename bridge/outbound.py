@@ -113,7 +113,8 @@ def poison_record(raw: bytes, *, reason: str, error: str, message_id: str, conne
 async def write_poison(record: dict) -> None:
     """Append ``record`` to ``relay-outbound-failed`` (base64, never expires). Raises on failure."""
     client = await storage.queue(OUTBOUND_FAILED_QUEUE)
-    await client.send_message(json.dumps(record, separators=(",", ":"), ensure_ascii=False), time_to_live=-1)
+    await client.send_message(json.dumps(record, separators=(",", ":"), ensure_ascii=False), time_to_live=-1,
+                              client_request_id=storage.client_request_id())
 
 
 async def process_outbound(settings: Settings, raw: bytes, *, message_id: str, dequeue_count: int | None) -> Outcome:

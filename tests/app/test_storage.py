@@ -34,3 +34,10 @@ async def test_queue_clients_encode_base64_like_the_trigger_expects(bridge_env):
 async def test_the_relay_credential_is_one_object_per_identity(bridge_env):
     assert credentials.get_credential(None) is credentials.get_credential(None)
     assert credentials.get_credential(CLIENT_ID) is not credentials.get_credential(None)
+
+
+def test_client_request_ids_are_unique_per_call_without_uuid1():
+    from bridge import storage
+
+    ids = {storage.client_request_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(i.startswith("bridge-") for i in ids)
