@@ -4,8 +4,10 @@ and the emulator's unmasked ones, and a command + body pair in one write on an a
 
 from __future__ import annotations
 
+import asyncio
 import random
 import struct
+
 import aiohttp
 
 try:  # aiohttp's (C-accelerated) masking routine
@@ -69,22 +71,58 @@ def command_frames(text: str, body: bytes | bytearray | memoryview | None) -> by
 
 
 def frames_supported(ws: aiohttp.ClientWebSocketResponse) -> bool:
-    """True when :func:`write_command` can write directly to ``ws``'s transport."""
+    """True when a :class:`CommandWriter` can write directly to ``ws``'s transport."""
     writer = getattr(ws, "_writer", None)
     return _mask is not None and getattr(writer, "transport", None) is not None and hasattr(getattr(writer, "protocol", None), "_drain_helper")
 
 
-async def write_command(ws: aiohttp.ClientWebSocketResponse, text: str, body: bytes | bytearray | memoryview | None) -> None:
-    """A command's JSON (text message) and its body (binary message) in ONE transport write.
+class CommandWriter:
+    """Commands (JSON + body) for one aiohttp WebSocket, written straight to its transport.
 
-    One write keeps the pair adjacent on the socket without a lock (nothing can come between
-    them) and costs one TLS record and one system call instead of two. Callers check
-    :func:`frames_supported` first.
+    Each command and its body leave in one write, so nothing can come between them and no lock
+    is needed. ``coalesce=True`` (the listener passes it while other requests are in flight)
+    holds the frames until the loop's next turn and writes everything held by then at once:
+    responses finished in the same loop iteration share one TLS record and one system call. A
+    write without ``coalesce`` first writes whatever is held, so the order on the socket is the
+    order of the calls. Callers check :func:`frames_supported` first.
     """
-    writer = ws._writer  # type: ignore[attr-defined]
-    transport = writer.transport
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("the control channel is closed")
-    transport.write(command_frames(text, body))
-    if writer.protocol.writing_paused:
-        await writer.protocol._drain_helper()
+
+    __slots__ = ("ws", "_writer", "_loop", "_held")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._writer = ws._writer  # type: ignore[attr-defined]
+        self._loop = asyncio.get_running_loop()
+        self._held: list[bytes] | None = None
+
+    async def send(self, text: str, body: bytes | bytearray | memoryview | None, coalesce: bool = False) -> None:
+        """Queue or write one command; raises ConnectionResetError when the channel is closed."""
+        writer = self._writer
+        transport = writer.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the control channel is closed")
+        data = command_frames(text, body)
+        held = self._held
+        if held is not None:
+            held.append(data)
+            if not coalesce:
+                self._flush()
+        elif coalesce:
+            self._held = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            transport.write(data)
+        if writer.protocol.writing_paused:
+            await writer.protocol._drain_helper()
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if not held:
+            return
+        transport = self._writer.transport
+        # Closed since (our close frame may be out: nothing may follow it): what is held is lost
+        # like bytes in a socket buffer when a connection drops; the service answers the senders.
+        if transport is None or transport.is_closing() or self.ws.closed:
+            return
+        transport.write(held[0] if len(held) == 1 else b"".join(held))
+

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import WSMsgType
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._frames import frames_supported, write_command
+from ._frames import CommandWriter, frames_supported
 from ._hints import add_hint
 from ._http_serving import MSG_HANDLER_FAILED, MSG_HANDLER_TIMEOUT, MSG_NO_HANDLER, MSG_SHUTTING_DOWN, HttpServing
 from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address, ws_connect
@@ -235,6 +235,7 @@ class HybridConnectionListener:
         self._accepted: asyncio.Queue[HybridConnectionStream | None] = asyncio.Queue()
         self._closing = False
         self._direct_writes = False
+        self._control_writer: CommandWriter | None = None
         self._wakeup: asyncio.Event | None = None
         self._url = hc_url(self._address.ws_base, self._address.entity, ACTION_LISTEN, id=self.listener_id,
                            app_query=self._address.query)
@@ -504,10 +505,14 @@ class HybridConnectionListener:
             except Exception:
                 return  # the pump notices the dead socket and reconnects
 
-    async def _send_control(self, ws: aiohttp.ClientWebSocketResponse, text: str, body: Any) -> None:
-        """One command (and its body) on the control channel, the two adjacent."""
+    async def _send_control(self, ws: aiohttp.ClientWebSocketResponse, text: str, body: Any, coalesce: bool = False) -> None:
+        """One command (and its body) on the control channel, the two adjacent. ``coalesce``: may
+        wait for the loop's next turn to share one write with other responses (see CommandWriter)."""
         if self._direct_writes:
-            await write_command(ws, text, body)
+            writer = self._control_writer
+            if writer is None or writer.ws is not ws:
+                writer = self._control_writer = CommandWriter(ws)
+            await writer.send(text, body, coalesce)
             return
         async with self._send_lock:
             await ws.send_str(text)
@@ -518,6 +523,7 @@ class HybridConnectionListener:
         reader = CommandReader()
         receive = ws.receive
         spawn = self._spawn
+        start_request = self._http.start_request
         deadline = self._receive_timeout
         while True:
             try:
@@ -547,7 +553,7 @@ class HybridConnectionListener:
                     continue
                 command, body = result
                 if type(command) is RequestCommand:
-                    spawn(self._http.on_request(ws, command, body))
+                    start_request(ws, command, body)
                 elif type(command) is AcceptCommand:
                     spawn(self._on_accept(command))
                 else:  # unknown or misdirected commands are ignored, as .NET does

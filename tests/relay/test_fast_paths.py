@@ -178,3 +178,110 @@ async def test_stream_keepalive_pings_and_drops_a_silent_peer():
             assert ws.closed
     finally:
         await runner.cleanup()
+
+
+async def test_handler_deadlines_share_one_timer_and_keep_each_deadline():
+    """Many handlers under one HandlerDeadlines: each times out at its own deadline (an earlier
+    one started later re-arms the timer), the others finish or keep running untouched."""
+    import asyncio
+
+    from relay._http_serving import HandlerDeadlines
+
+    deadlines = HandlerDeadlines()
+    release = asyncio.Event()
+
+    async def slow():
+        await release.wait()
+        return "done"
+
+    async def guarded(awaitable, timeout):
+        try:
+            return await deadlines.run(awaitable, timeout)
+        except TimeoutError:
+            return "timeout"
+
+    long_running = asyncio.ensure_future(guarded(slow(), 30))
+    fast = asyncio.ensure_future(guarded(asyncio.sleep(0, "fast"), 30))
+    await asyncio.sleep(0)
+    short = asyncio.ensure_future(guarded(asyncio.sleep(10), 0.05))  # earlier deadline, started later
+    assert await short == "timeout"
+    assert await fast == "fast"
+    assert not long_running.done()
+    release.set()
+    assert await long_running == "done"
+    assert not deadlines._running and not deadlines._expired
+    # A handler that is cancelled from outside around its deadline stays cancelled.
+    outer = asyncio.ensure_future(deadlines.run(asyncio.sleep(10), 30))
+    await asyncio.sleep(0)
+    outer.cancel()
+    try:
+        await outer
+    except asyncio.CancelledError:
+        pass
+    assert outer.cancelled() and not deadlines._running
+
+
+async def test_command_writer_coalesces_in_order_and_never_writes_after_close():
+    """Coalesced commands share one transport write at the loop's next turn; a direct write
+    flushes what is held first (order on the socket = order of calls); held frames are dropped
+    once the socket is closed (nothing may follow a close frame)."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from relay._frames import CommandWriter, frames_supported
+
+    received: list = []
+    done = asyncio.Event()
+
+    async def handler(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            received.append(msg.data)
+        done.set()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"http://127.0.0.1:{port}/")
+            assert frames_supported(ws)
+            writer = CommandWriter(ws)
+            transport = ws._writer.transport
+            writes: list[bytes] = []
+            real_write = transport.write
+
+            def spy(data):
+                writes.append(bytes(data))
+                real_write(data)
+
+            transport.write = spy
+            await writer.send('{"a":1}', b"one", True)
+            await writer.send('{"b":2}', None, True)
+            assert writes == []  # held for the loop's next turn
+            await asyncio.sleep(0)
+            assert len(writes) == 1
+            await writer.send('{"c":3}', b"three", True)
+            await writer.send('{"d":4}', b"four")  # direct: writes the held one first, in one write
+            assert len(writes) == 2
+            await writer.send('{"e":5}', None, True)
+            await ws.close()
+            await asyncio.sleep(0)
+            # held past the close: dropped, nothing written after the close frame (opcode 0x8)
+            assert len(writes) == 3 and writes[-1][0] == 0x88
+            await asyncio.wait_for(done.wait(), 5)
+            try:
+                await writer.send('{"f":6}', None)
+            except ConnectionResetError:
+                pass
+    finally:
+        await runner.cleanup()
+    assert received == ['{"a":1}', b"one", '{"b":2}', '{"c":3}', b"three", '{"d":4}', b"four"]
