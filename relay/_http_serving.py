@@ -62,7 +62,7 @@ class HttpServing:
         self._listener = listener
         self._channels: dict[RendezvousSocket, bool] = {}  # open rendezvous -> busy with an exchange
         self._deadlines = HandlerDeadlines()
-        self._inline = 0  # inline requests being answered (their responses may share a write)
+        self._inline = 0  # inline requests started and not yet answered (see _answer_inline)
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -72,6 +72,8 @@ class HttpServing:
         listener's task set (close() waits for it) until it ends; it removes itself, which
         saves a done-callback (one more loop callback) per request."""
         lst = self._listener
+        if not command.is_address_only:
+            self._inline += 1  # until answered: the requests that arrived together answer together
         task = asyncio.get_running_loop().create_task(self.on_request(control, command, body))
         lst._tasks.add(task)
 
@@ -84,11 +86,7 @@ class HttpServing:
                 if ws is not None:
                     await self._serve_channel(ws, command)
             else:
-                self._inline += 1
-                try:
-                    await self._answer_inline(control, command, body)
-                finally:
-                    self._inline -= 1
+                await self._answer_inline(control, command, body)
         except Exception:
             _log.exception("listener task failed")
         finally:
@@ -96,26 +94,30 @@ class HttpServing:
 
     async def _answer_inline(self, control: Any, command: RequestCommand, body: bytes | None) -> None:
         lst = self._listener
-        request = RelayedHttpRequest(
-            command.method or "GET",
-            command.request_target or "/",
-            command.request_headers,
-            body or b"",
-            command.id or "",
-            command.remote_endpoint,
-            lst._address.entity,
-        )
-        response = await self.invoke(request)
-        head, payload, streamed = encode_response(command.id or "", response)
-        if not streamed and len(payload) <= INLINE_LIMIT and control is not None and not control.closed:
-            try:
-                # Other responses in flight may finish in this loop turn too: one write for all.
-                await lst._send_control(control, head, payload or None, self._inline > 1)
-                return
-            except (ConnectionError, RuntimeError, RelayError):
-                pass  # the control channel just dropped: the request's rendezvous address still works
-            except Exception as exc:  # aiohttp.ClientError and friends
-                _log.debug("control channel write failed (%s); answering over a rendezvous", type(exc).__name__)
+        try:
+            request = RelayedHttpRequest(
+                command.method or "GET",
+                command.request_target or "/",
+                command.request_headers,
+                body or b"",
+                command.id or "",
+                command.remote_endpoint,
+                lst._address.entity,
+            )
+            response = await self.invoke(request)
+            head, payload, streamed = encode_response(command.id or "", response)
+            if not streamed and len(payload) <= INLINE_LIMIT and control is not None and not control.closed:
+                try:
+                    # While other inline requests are unanswered (those that arrived in the same
+                    # read run in this loop turn too), hold the response: the last one writes all.
+                    await lst._send_control(control, head, payload or None, self._inline > 1)
+                    return
+                except (ConnectionError, RuntimeError, RelayError):
+                    pass  # the control channel just dropped: the request's rendezvous address still works
+                except Exception as exc:  # aiohttp.ClientError and friends
+                    _log.debug("control channel write failed (%s); answering over a rendezvous", type(exc).__name__)
+        finally:
+            self._inline -= 1  # answered (or going over a rendezvous): no longer one to wait for
         ws = await self._open(command)
         if ws is None:
             _log.warning("could not deliver the response to request %s: the rendezvous failed", command.id)

@@ -262,7 +262,22 @@ def _status_code(value: object) -> int:
     return code
 
 
-_decode_json = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode_json = _decoder.decode
+_scan_once = _decoder.scan_once  # the C scanner behind decode(), without its two regex passes
+
+
+def _loads(text: str) -> object:
+    """``json.loads(text)`` for a ``str``: the scanner straight from position 0 when the text is one
+    JSON value with no whitespace around it (what every peer sends), else the full decoder (which
+    also gives the error)."""
+    try:
+        data, end = _scan_once(text, 0)
+    except (StopIteration, ValueError):
+        return _decode_json(text)
+    if end != len(text):
+        return _decode_json(text)  # trailing whitespace, or extra data (an error)
+    return data
 
 
 def decode_command(text: str | bytes) -> Command:
@@ -273,7 +288,7 @@ def decode_command(text: str | bytes) -> Command:
     :class:`UnknownCommand` so that callers can ignore them, as .NET does.
     """
     try:
-        data = _decode_json(text) if type(text) is str else json.loads(text)
+        data = _loads(text) if type(text) is str else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"control message is not valid JSON: {exc}") from None
     except RecursionError:  # absurdly deep nesting: not a command either
@@ -283,13 +298,7 @@ def decode_command(text: str | bytes) -> Command:
     (name, inner), = data.items()
     if not isinstance(inner, dict):
         raise ProtocolError(f"'{name}' command must hold a JSON object")
-    if name == "accept":
-        return AcceptCommand(
-            address=_required_str(inner, "address", name),
-            id=_required_str(inner, "id", name),
-            connect_headers=_str_dict(inner.get("connectHeaders"), "connectHeaders"),
-            remote_endpoint=RemoteEndpoint.from_json(inner.get("remoteEndpoint")),
-        )
+    # Most frequent first: a listener gets a request per HTTP call.
     if name == "request":
         body = inner.get("body")
         if body is not None and not isinstance(body, bool):
@@ -312,6 +321,13 @@ def decode_command(text: str | bytes) -> Command:
             request_headers=_str_dict(headers, "requestHeaders") if headers is not None else None,
             remote_endpoint=RemoteEndpoint.from_json(inner.get("remoteEndpoint")),
             body=body,
+        )
+    if name == "accept":
+        return AcceptCommand(
+            address=_required_str(inner, "address", name),
+            id=_required_str(inner, "id", name),
+            connect_headers=_str_dict(inner.get("connectHeaders"), "connectHeaders"),
+            remote_endpoint=RemoteEndpoint.from_json(inner.get("remoteEndpoint")),
         )
     if name == "response":
         body = inner.get("body", False)

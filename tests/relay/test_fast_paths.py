@@ -285,3 +285,64 @@ async def test_command_writer_coalesces_in_order_and_never_writes_after_close():
     finally:
         await runner.cleanup()
     assert received == ['{"a":1}', b"one", '{"b":2}', '{"c":3}', b"three", '{"d":4}', b"four"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(texts, children, max_size=3),
+    max_leaves=8,
+)
+whitespace = st.sampled_from(["", " ", "\n", "\t\r\n ", "x", "}", "{}", ",1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=json_values, before=whitespace, after=whitespace, cut=st.integers(0, 40))
+def test_command_json_fast_path_is_json_loads(value, before, after, cut):
+    """protocol._loads (the scanner straight from position 0) gives json.loads' value, or its error."""
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for candidate in (text, before + text + after, text[: max(0, len(text) - cut)]):
+        try:
+            expected = json.loads(candidate)
+        except ValueError as exc:
+            try:
+                p._loads(candidate)
+            except ValueError as got:
+                assert str(got) == str(exc)
+            else:
+                raise AssertionError(f"{candidate!r} decoded, json.loads refuses it")
+        else:
+            assert p._loads(candidate) == expected
+
+
+def _unframe(data: bytes) -> list[tuple[int, bool, bytes]]:
+    """Parse client frames (masked) the plain way: RFC 6455 §5.2, byte by byte."""
+    frames, pos = [], 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        assert b1 & 0x80, "client frames are masked"
+        length, pos = b1 & 0x7F, pos + 2
+        if length == 126:
+            length, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
+        elif length == 127:
+            length, pos = int.from_bytes(data[pos:pos + 8], "big"), pos + 8
+        key, pos = data[pos:pos + 4], pos + 4
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(data[pos:pos + length]))
+        frames.append((b0 & 0x0F, bool(b0 & 0x80), payload))
+        pos += length
+    return frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300), body=st.one_of(st.none(), st.binary(max_size=300),
+                                                  st.sampled_from([b"b" * 125, b"b" * 126, b"b" * 65535, b"b" * 65536])))
+def test_command_frames_carry_the_command_and_body_masked(text, body):
+    """command_frames (one buffer, C masking, two keys from one draw) against a plain parser,
+    and encode_frame (the general path) frame for frame."""
+    from relay._frames import BINARY, command_frames, encode_frame
+
+    expected = [(0x1, True, text.encode())] + ([] if body is None else [(BINARY, True, bytes(body))])
+    assert _unframe(command_frames(text, body)) == expected
+    assert _unframe(b"".join(encode_frame(payload, op, fin) for op, fin, payload in expected)) == expected
+    assert _unframe(command_frames(text, None if body is None else memoryview(body))) == expected
