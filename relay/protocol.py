@@ -310,17 +310,23 @@ def decode_command(text: str | bytes) -> Command:
         if target is not None and not isinstance(target, str):
             raise ProtocolError("request 'requestTarget' must be a string")
         headers = inner.get("requestHeaders")
-        address = _optional_str(inner, "address", name)
+        address = inner.get("address")
+        if address is not None and (type(address) is not str or not address):
+            address = _optional_str(inner, "address", name)  # anything but a non-empty str: its check
         if address is None and method is None and body is None:
             raise ProtocolError("an address-only 'request' command needs a string 'address'")
+        request_id = inner.get("id")
+        if request_id is not None and (type(request_id) is not str or not request_id):
+            request_id = _optional_str(inner, "id", name)
+        endpoint = inner.get("remoteEndpoint")
         return RequestCommand(
-            address=address,
-            id=_optional_str(inner, "id", name),
-            request_target=target,
-            method=method,
-            request_headers=_str_dict(headers, "requestHeaders") if headers is not None else None,
-            remote_endpoint=RemoteEndpoint.from_json(inner.get("remoteEndpoint")),
-            body=body,
+            address,
+            request_id,
+            target,
+            method,
+            _str_dict(headers, "requestHeaders") if headers is not None else None,
+            RemoteEndpoint.from_json(endpoint) if endpoint is not None else None,
+            body,
         )
     if name == "accept":
         return AcceptCommand(

@@ -346,3 +346,51 @@ def test_command_frames_carry_the_command_and_body_masked(text, body):
     assert _unframe(command_frames(text, body)) == expected
     assert _unframe(b"".join(encode_frame(payload, op, fin) for op, fin, payload in expected)) == expected
     assert _unframe(command_frames(text, None if body is None else memoryview(body))) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(entity=st.text(st.sampled_from("aAbΣσςİi/"), min_size=1, max_size=5),
+       rest=st.text(st.sampled_from("aAΣσİ/?x="), max_size=6), upper=st.booleans())
+def test_request_path_fast_prefix_check_is_the_case_insensitive_one(entity, rest, upper):
+    """RelayedHttpRequest strips the entity prefix: the exact-case check first must give what the
+    case-insensitive check alone gives (including Unicode whose lower() changes length or context)."""
+    from relay.relayed_http import RelayedHttpRequest
+
+    sent = "/" + (entity.upper() if upper else entity) + rest
+    path = sent.partition("?")[0]
+    prefix = "/" + entity
+    if path.lower().startswith(prefix.lower()) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+        path = path[len(prefix):] or "/"
+    assert RelayedHttpRequest("GET", sent, None, b"", "id", None, entity).path == (path or "/")
+
+
+odd_values = st.one_of(st.none(), st.just(""), texts, st.integers(), st.booleans(), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(address=odd_values, request_id=odd_values, method=st.one_of(st.none(), st.just("GET")),
+       body=st.one_of(st.none(), st.booleans()), endpoint=st.one_of(st.none(), st.just({"address": "a", "port": 1})))
+def test_request_decode_checks_address_and_id_as_the_general_check(address, request_id, method, body, endpoint):
+    """The inlined address/id checks of decode_command accept and refuse exactly what
+    _optional_str does, with its messages."""
+    import json
+
+    inner = {k: v for k, v in (("address", address), ("id", request_id), ("method", method), ("body", body),
+                                ("remoteEndpoint", endpoint)) if v is not None}
+    text = json.dumps({"request": inner})
+    try:
+        want_address = p._optional_str(inner, "address", "request")
+        if want_address is None and method is None and body is None:
+            raise p.ProtocolError("an address-only 'request' command needs a string 'address'")
+        want_id = p._optional_str(inner, "id", "request")
+    except p.ProtocolError as exc:
+        try:
+            p.decode_command(text)
+        except p.ProtocolError as got:
+            assert str(got) == str(exc)
+        else:
+            raise AssertionError("accepted what the general check refuses")
+        return
+    command = p.decode_command(text)
+    assert (command.address, command.id) == (want_address, want_id)
+    assert command.remote_endpoint == (p.RemoteEndpoint("a", 1) if endpoint else None)
