@@ -27,6 +27,7 @@ import asyncio
 import inspect
 import json.encoder
 import logging
+import types
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -43,6 +44,7 @@ _log = logging.getLogger("relay.listener")
 
 # A JSON string literal, escaped as the command encoder (``ensure_ascii=False``) escapes it.
 _json_str = json.encoder.encode_basestring
+_Coroutine = types.CoroutineType
 
 MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
 MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
@@ -143,7 +145,7 @@ class HttpServing:
             return RelayedHttpResponse(501, body=MSG_NO_HANDLER)
         try:
             result = handler(request)
-            if inspect.isawaitable(result):
+            if type(result) is _Coroutine or inspect.isawaitable(result):  # an async def handler: the usual case first
                 result = await self._deadlines.run(result, lst._handler_timeout)
         except TimeoutError:
             _log.error("request handler did not answer %s %s within %g s", request.method, request.target, lst._handler_timeout)
@@ -306,7 +308,7 @@ def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str
     head = (
         f'{{"response":{{"requestId":{_json_str(request_id)},"statusCode":{int(response.status)},'
         f'"responseHeaders":{{{fields}}},"body":{has_body},'
-        f'"statusDescription":{_json_str(reason_phrase(response.status, response.reason))}}}}}'
+        f'"statusDescription":{_status_json(response.status, response.reason)}}}}}'
     )
     return head, body, streamed
 
@@ -381,6 +383,21 @@ async def _within(awaitable: Any, timeout: float) -> Any:
     """``await awaitable`` in the current task, cancelled with :class:`TimeoutError` after ``timeout`` s
     (a one-off :class:`HandlerDeadlines`)."""
     return await HandlerDeadlines().run(awaitable, timeout)
+
+
+_STATUS_JSON: dict[int, str] = {}
+
+
+def _status_json(status: int, reason: str | None) -> str:
+    """The status description as a JSON string literal; the standard phrases' literals are kept."""
+    if reason is not None:
+        return _json_str(reason_phrase(status, reason))
+    text = _STATUS_JSON.get(status)
+    if text is None:
+        text = _json_str(reason_phrase(status, None))
+        if len(_STATUS_JSON) < 1000:  # statuses are 100-999
+            _STATUS_JSON[status] = text
+    return text
 
 
 async def _chunks(chunks: Any) -> Any:
