@@ -369,7 +369,10 @@ class HandlerDeadlines:
     def _sweep(self) -> None:
         self._handle = None
         assert self._loop is not None
-        now = self._loop.time()
+        # Everything due by the time this timer was armed for is expired, even when the loop
+        # runs it a little early (asyncio: within its clock resolution; uvloop: milliseconds),
+        # as a timer per handler would: no re-arming for the same instant.
+        now = max(self._loop.time(), self._at)
         due = [task for task, deadline in self._running.items() if deadline <= now]
         for task in due:
             del self._running[task]
