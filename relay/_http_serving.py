@@ -27,6 +27,7 @@ import asyncio
 import inspect
 import json.encoder
 import logging
+import types
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -43,6 +44,7 @@ _log = logging.getLogger("relay.listener")
 
 # A JSON string literal, escaped as the command encoder (``ensure_ascii=False``) escapes it.
 _json_str = json.encoder.encode_basestring
+_Coroutine = types.CoroutineType
 
 MSG_NO_HANDLER = "The listener RequestHandler has not been configured."
 MSG_HANDLER_FAILED = "The listener RequestHandler threw an exception. See listener logs for details."
@@ -61,36 +63,63 @@ class HttpServing:
     def __init__(self, listener: HybridConnectionListener):
         self._listener = listener
         self._channels: dict[RendezvousSocket, bool] = {}  # open rendezvous -> busy with an exchange
+        self._deadlines = HandlerDeadlines()
+        self._inline = 0  # inline requests started and not yet answered (see _answer_inline)
 
     # -- entry points --------------------------------------------------------------------------
 
-    async def on_request(self, control: Any, command: RequestCommand, body: bytes | None) -> None:
-        """A ``request`` from the control channel (``body``: its inline body, if any)."""
-        if command.is_address_only:
-            ws = await self._open(command)
-            if ws is not None:
-                await self._serve_channel(ws, command)
-            return
+    def start_request(self, control: Any, command: RequestCommand, body: bytes | None) -> None:
+        """Serve a ``request`` from the control channel in a task of its own, so that a slow
+        handler never holds up the control channel or the other requests. The task is in the
+        listener's task set (close() waits for it) until it ends; it removes itself, which
+        saves a done-callback (one more loop callback) per request."""
         lst = self._listener
-        request = RelayedHttpRequest(
-            command.method or "GET",
-            command.request_target or "/",
-            command.request_headers,
-            body or b"",
-            command.id or "",
-            command.remote_endpoint,
-            lst._address.entity,
-        )
-        response = await self.invoke(request)
-        head, payload, streamed = encode_response(command.id or "", response)
-        if not streamed and len(payload) <= INLINE_LIMIT and control is not None and not control.closed:
-            try:
-                await lst._send_control(control, head, payload or None)
-                return
-            except (ConnectionError, RuntimeError, RelayError):
-                pass  # the control channel just dropped: the request's rendezvous address still works
-            except Exception as exc:  # aiohttp.ClientError and friends
-                _log.debug("control channel write failed (%s); answering over a rendezvous", type(exc).__name__)
+        if not command.is_address_only:
+            self._inline += 1  # until answered: the requests that arrived together answer together
+        task = asyncio.get_running_loop().create_task(self.on_request(control, command, body))
+        lst._tasks.add(task)
+
+    async def on_request(self, control: Any, command: RequestCommand, body: bytes | None) -> None:
+        """A ``request`` from the control channel (``body``: its inline body, if any); the body
+        of the task :meth:`start_request` starts (failures are logged, never raised)."""
+        try:
+            if command.is_address_only:
+                ws = await self._open(command)
+                if ws is not None:
+                    await self._serve_channel(ws, command)
+            else:
+                await self._answer_inline(control, command, body)
+        except Exception:
+            _log.exception("listener task failed")
+        finally:
+            self._listener._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _answer_inline(self, control: Any, command: RequestCommand, body: bytes | None) -> None:
+        lst = self._listener
+        try:
+            request = RelayedHttpRequest(
+                command.method or "GET",
+                command.request_target or "/",
+                command.request_headers,
+                body or b"",
+                command.id or "",
+                command.remote_endpoint,
+                lst._address.entity,
+            )
+            response = await self.invoke(request)
+            head, payload, streamed = encode_response(command.id or "", response)
+            if not streamed and len(payload) <= INLINE_LIMIT and control is not None and not control.closed:
+                try:
+                    # While other inline requests are unanswered (those that arrived in the same
+                    # read run in this loop turn too), hold the response: the last one writes all.
+                    await lst._send_control(control, head, payload or None, self._inline > 1)
+                    return
+                except (ConnectionError, RuntimeError, RelayError):
+                    pass  # the control channel just dropped: the request's rendezvous address still works
+                except Exception as exc:  # aiohttp.ClientError and friends
+                    _log.debug("control channel write failed (%s); answering over a rendezvous", type(exc).__name__)
+        finally:
+            self._inline -= 1  # answered (or going over a rendezvous): no longer one to wait for
         ws = await self._open(command)
         if ws is None:
             _log.warning("could not deliver the response to request %s: the rendezvous failed", command.id)
@@ -116,8 +145,8 @@ class HttpServing:
             return RelayedHttpResponse(501, body=MSG_NO_HANDLER)
         try:
             result = handler(request)
-            if inspect.isawaitable(result):
-                result = await _within(result, lst._handler_timeout)
+            if type(result) is _Coroutine or inspect.isawaitable(result):  # an async def handler: the usual case first
+                result = await self._deadlines.run(result, lst._handler_timeout)
         except TimeoutError:
             _log.error("request handler did not answer %s %s within %g s", request.method, request.target, lst._handler_timeout)
             return RelayedHttpResponse(HANDLER_TIMEOUT_STATUS, body=MSG_HANDLER_TIMEOUT)
@@ -279,37 +308,99 @@ def encode_response(request_id: str, response: RelayedHttpResponse) -> tuple[str
     head = (
         f'{{"response":{{"requestId":{_json_str(request_id)},"statusCode":{int(response.status)},'
         f'"responseHeaders":{{{fields}}},"body":{has_body},'
-        f'"statusDescription":{_json_str(reason_phrase(response.status, response.reason))}}}}}'
+        f'"statusDescription":{_status_json(response.status, response.reason)}}}}}'
     )
     return head, body, streamed
 
 
-async def _within(awaitable: Any, timeout: float) -> Any:
-    """``await awaitable`` in the current task, cancelled with :class:`TimeoutError` after ``timeout`` s.
+class HandlerDeadlines:
+    """Deadlines for request handlers, with one loop timer for all of them.
 
-    What ``asyncio.timeout`` does, with one timer handle and no context-manager object per
-    request: the handle cancels the task, and a cancellation that the handle caused (and nobody
-    else asked for) becomes ``TimeoutError``.
+    :meth:`run` awaits a handler in the current task; when its time is up the task is cancelled
+    and the cancellation becomes :class:`TimeoutError` (a cancellation anybody else asked for
+    stays a cancellation), as ``asyncio.timeout`` does. Instead of a timer handle per request
+    (``call_at`` + ``cancel``, and cancelled handles left in the loop's heap), the running
+    handlers sit in a dict and one timer fires at the earliest deadline: it cancels what is
+    due and re-arms itself at the next one. A listener gives every handler the same timeout,
+    so the timer is armed about once per timeout, not once per request.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    loop = task.get_loop()
-    expired = False
 
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
+    __slots__ = ("_running", "_expired", "_handle", "_at", "_loop")
 
-    handle = loop.call_at(loop.time() + timeout, expire)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if expired and task.uncancel() == 0:
-            raise TimeoutError from None
-        raise
-    finally:
-        handle.cancel()
+    def __init__(self) -> None:
+        self._running: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, awaitable: Any, timeout: float) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = self._loop
+        if loop is None or task.get_loop() is not loop:
+            loop = self._loop = task.get_loop()
+            self._handle = None
+        deadline = loop.time() + timeout
+        running = self._running
+        running[task] = deadline
+        if self._handle is None or deadline < self._at:
+            self._arm(deadline)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if task in self._expired:
+                self._expired.discard(task)
+                if task.uncancel() == 0:
+                    raise TimeoutError from None
+            raise
+        finally:
+            running.pop(task, None)
+            if self._expired:
+                self._expired.discard(task)
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        assert self._loop is not None
+        self._at = when
+        self._handle = self._loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        assert self._loop is not None
+        # Everything due by the time this timer was armed for is expired, even when the loop
+        # runs it a little early (asyncio: within its clock resolution; uvloop: milliseconds),
+        # as a timer per handler would: no re-arming for the same instant.
+        now = max(self._loop.time(), self._at)
+        due = [task for task, deadline in self._running.items() if deadline <= now]
+        for task in due:
+            del self._running[task]
+            self._expired.add(task)
+            task.cancel()
+        if self._running:
+            self._arm(min(self._running.values()))
+
+
+async def _within(awaitable: Any, timeout: float) -> Any:
+    """``await awaitable`` in the current task, cancelled with :class:`TimeoutError` after ``timeout`` s
+    (a one-off :class:`HandlerDeadlines`)."""
+    return await HandlerDeadlines().run(awaitable, timeout)
+
+
+_STATUS_JSON: dict[int, str] = {}
+
+
+def _status_json(status: int, reason: str | None) -> str:
+    """The status description as a JSON string literal; the standard phrases' literals are kept."""
+    if reason is not None:
+        return _json_str(reason_phrase(status, reason))
+    text = _STATUS_JSON.get(status)
+    if text is None:
+        text = _json_str(reason_phrase(status, None))
+        if len(_STATUS_JSON) < 1000:  # statuses are 100-999
+            _STATUS_JSON[status] = text
+    return text
 
 
 async def _chunks(chunks: Any) -> Any:
@@ -358,4 +449,4 @@ class RendezvousBody:
             pass
 
 
-__all__ = ["HttpServing", "RendezvousBody", "encode_response"]
+__all__ = ["HandlerDeadlines", "HttpServing", "RendezvousBody", "encode_response"]

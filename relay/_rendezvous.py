@@ -146,6 +146,7 @@ class RendezvousSocket:
         self._autoclose = autoclose
         self._seen = False  # anything received since the last keep-alive PING
         self._keepalive: asyncio.TimerHandle | None = None
+        self._held: list[bytes] | None = None  # coalesced command frames waiting for the loop's next turn
         self.subprotocol = subprotocol
         self._parser = _Parser(self)
         self._protocol.set_parser(self._parser, self._parser)  # also parses bytes that came with the 101
@@ -326,6 +327,8 @@ class RendezvousSocket:
     async def _write(self, data: bytes) -> None:
         if self._close_sent or self._transport.is_closing():
             raise RendezvousClosed(self._closed.code if self._closed else None, "the rendezvous is closed")
+        if self._held:
+            self._flush()
         self._transport.write(data)  # one buffer: one TLS record
         if self._protocol.writing_paused:
             await self._protocol._drain_helper()
@@ -337,9 +340,38 @@ class RendezvousSocket:
         else:
             await self._write(encode_frame(data, BINARY, True))
 
-    async def send_command(self, text: str, body: bytes | bytearray | memoryview | None = None) -> None:
-        """A command's JSON and (if any) its body as one binary message, in one write."""
-        await self._write(command_frames(text, body))
+    async def send_command(self, text: str, body: bytes | bytearray | memoryview | None = None, *, coalesce: bool = False) -> None:
+        """A command's JSON (text message) and its body (binary message, if any) in one write, so
+        nothing can come between them and no lock is needed.
+
+        ``coalesce=True`` (the listener passes it while other requests are in flight) holds the
+        frames until the loop's next turn and writes everything held by then at once: responses
+        finished in the same loop iteration share one TLS record and one system call. Any other
+        write first writes whatever is held, so the order on the socket is the order of the calls,
+        and nothing held is written after this side's close frame.
+        """
+        if self._close_sent or self._transport.is_closing():
+            raise RendezvousClosed(self._closed.code if self._closed else None, "the rendezvous is closed")
+        data = command_frames(text, body)
+        held = self._held
+        if held is not None:
+            held.append(data)
+            if not coalesce:
+                self._flush()
+        elif coalesce:
+            self._held = [data]
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._transport.write(data)
+        if self._protocol.writing_paused:
+            await self._protocol._drain_helper()
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        # Closed since (our close frame may be out: nothing may follow it): what is held is lost
+        # like bytes in a socket buffer when a connection drops; the service answers the senders.
+        if held and not self._close_sent and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     async def send_stream(self, chunks: AsyncIterable[bytes]) -> None:
         """One binary message from an async iterable, a frame per chunk as produced (last one FIN)."""
@@ -366,6 +398,8 @@ class RendezvousSocket:
         """Send a close frame (once) without waiting for the answer; False if the socket is gone."""
         if self._close_sent or self._transport.is_closing():
             return False
+        if self._held:
+            self._flush()  # what this side already sent goes out ahead of its close frame
         self._close_sent = True
         self._transport.write(encode_frame(struct.pack("!H", code) + reason.encode("utf-8")[:120], CLOSE, True))
         return True

@@ -501,10 +501,11 @@ class HybridConnectionListener:
             except Exception:
                 return  # the pump notices the dead socket and reconnects
 
-    async def _send_control(self, ws: RendezvousSocket, text: str, body: Any) -> None:
-        """One command (and its body) on the control channel, the two adjacent: one write, so no lock."""
+    async def _send_control(self, ws: RendezvousSocket, text: str, body: Any, coalesce: bool = False) -> None:
+        """One command (and its body) on the control channel, the two adjacent: one write, so no lock.
+        ``coalesce``: may wait for the loop's next turn to share one write with other responses."""
         try:
-            await ws.send_command(text, body or None)
+            await ws.send_command(text, body or None, coalesce=coalesce)
         except RendezvousClosed:
             raise ConnectionResetError("the control channel is closed") from None
 
@@ -512,6 +513,8 @@ class HybridConnectionListener:
         reader = CommandReader()
         receive = ws.recv_message
         spawn = self._spawn
+        start_request = self._http.start_request
+        start_request = self._http.start_request
         deadline = self._receive_timeout
         while True:
             try:
@@ -552,7 +555,7 @@ class HybridConnectionListener:
                 continue
             command, body = result
             if type(command) is RequestCommand:
-                spawn(self._http.on_request(ws, command, body))
+                start_request(ws, command, body)
             elif type(command) is AcceptCommand:
                 spawn(self._on_accept(command))
             else:  # unknown or misdirected commands are ignored, as .NET does

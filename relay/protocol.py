@@ -262,7 +262,22 @@ def _status_code(value: object) -> int:
     return code
 
 
-_decode_json = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode_json = _decoder.decode
+_scan_once = _decoder.scan_once  # the C scanner behind decode(), without its two regex passes
+
+
+def _loads(text: str) -> object:
+    """``json.loads(text)`` for a ``str``: the scanner straight from position 0 when the text is one
+    JSON value with no whitespace around it (what every peer sends), else the full decoder (which
+    also gives the error)."""
+    try:
+        data, end = _scan_once(text, 0)
+    except (StopIteration, ValueError):
+        return _decode_json(text)
+    if end != len(text):
+        return _decode_json(text)  # trailing whitespace, or extra data (an error)
+    return data
 
 
 def decode_command(text: str | bytes) -> Command:
@@ -273,7 +288,7 @@ def decode_command(text: str | bytes) -> Command:
     :class:`UnknownCommand` so that callers can ignore them, as .NET does.
     """
     try:
-        data = _decode_json(text) if type(text) is str else json.loads(text)
+        data = _loads(text) if type(text) is str else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"control message is not valid JSON: {exc}") from None
     except RecursionError:  # absurdly deep nesting: not a command either
@@ -283,13 +298,7 @@ def decode_command(text: str | bytes) -> Command:
     (name, inner), = data.items()
     if not isinstance(inner, dict):
         raise ProtocolError(f"'{name}' command must hold a JSON object")
-    if name == "accept":
-        return AcceptCommand(
-            address=_required_str(inner, "address", name),
-            id=_required_str(inner, "id", name),
-            connect_headers=_str_dict(inner.get("connectHeaders"), "connectHeaders"),
-            remote_endpoint=RemoteEndpoint.from_json(inner.get("remoteEndpoint")),
-        )
+    # Most frequent first: a listener gets a request per HTTP call.
     if name == "request":
         body = inner.get("body")
         if body is not None and not isinstance(body, bool):
@@ -301,17 +310,30 @@ def decode_command(text: str | bytes) -> Command:
         if target is not None and not isinstance(target, str):
             raise ProtocolError("request 'requestTarget' must be a string")
         headers = inner.get("requestHeaders")
-        address = _optional_str(inner, "address", name)
+        address = inner.get("address")
+        if address is not None and (type(address) is not str or not address):
+            address = _optional_str(inner, "address", name)  # anything but a non-empty str: its check
         if address is None and method is None and body is None:
             raise ProtocolError("an address-only 'request' command needs a string 'address'")
+        request_id = inner.get("id")
+        if request_id is not None and (type(request_id) is not str or not request_id):
+            request_id = _optional_str(inner, "id", name)
+        endpoint = inner.get("remoteEndpoint")
         return RequestCommand(
-            address=address,
-            id=_optional_str(inner, "id", name),
-            request_target=target,
-            method=method,
-            request_headers=_str_dict(headers, "requestHeaders") if headers is not None else None,
+            address,
+            request_id,
+            target,
+            method,
+            _str_dict(headers, "requestHeaders") if headers is not None else None,
+            RemoteEndpoint.from_json(endpoint) if endpoint is not None else None,
+            body,
+        )
+    if name == "accept":
+        return AcceptCommand(
+            address=_required_str(inner, "address", name),
+            id=_required_str(inner, "id", name),
+            connect_headers=_str_dict(inner.get("connectHeaders"), "connectHeaders"),
             remote_endpoint=RemoteEndpoint.from_json(inner.get("remoteEndpoint")),
-            body=body,
         )
     if name == "response":
         body = inner.get("body", False)

@@ -56,7 +56,10 @@ class RelayedHttpRequest:
         self.target = target
         path, _, self.query = target.partition("?")
         prefix = "/" + entity
-        if path.lower().startswith(prefix.lower()) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+        # The entity prefix as sent (the usual case) or in another case (entity names are case-insensitive).
+        if (path.startswith(prefix) or path.lower().startswith(prefix.lower())) and (
+            len(path) == len(prefix) or path[len(prefix)] == "/"
+        ):
             path = path[len(prefix) :] or "/"
         self.path = path or "/"
         self._raw_headers = headers or {}

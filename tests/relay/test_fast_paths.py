@@ -181,3 +181,217 @@ async def test_stream_keepalive_pings_and_drops_a_silent_peer():
             assert ws.closed
     finally:
         await runner.cleanup()
+
+
+async def test_handler_deadlines_share_one_timer_and_keep_each_deadline():
+    """Many handlers under one HandlerDeadlines: each times out at its own deadline (an earlier
+    one started later re-arms the timer), the others finish or keep running untouched."""
+    import asyncio
+
+    from relay._http_serving import HandlerDeadlines
+
+    deadlines = HandlerDeadlines()
+    release = asyncio.Event()
+
+    async def slow():
+        await release.wait()
+        return "done"
+
+    async def guarded(awaitable, timeout):
+        try:
+            return await deadlines.run(awaitable, timeout)
+        except TimeoutError:
+            return "timeout"
+
+    long_running = asyncio.ensure_future(guarded(slow(), 30))
+    fast = asyncio.ensure_future(guarded(asyncio.sleep(0, "fast"), 30))
+    await asyncio.sleep(0)
+    short = asyncio.ensure_future(guarded(asyncio.sleep(10), 0.05))  # earlier deadline, started later
+    assert await short == "timeout"
+    assert await fast == "fast"
+    assert not long_running.done()
+    release.set()
+    assert await long_running == "done"
+    assert not deadlines._running and not deadlines._expired
+    # A handler that is cancelled from outside around its deadline stays cancelled.
+    outer = asyncio.ensure_future(deadlines.run(asyncio.sleep(10), 30))
+    await asyncio.sleep(0)
+    outer.cancel()
+    try:
+        await outer
+    except asyncio.CancelledError:
+        pass
+    assert outer.cancelled() and not deadlines._running
+
+
+async def test_commands_coalesce_in_order_and_nothing_follows_the_close_frame():
+    """Coalesced commands share one transport write at the loop's next turn; a direct write
+    flushes what is held first (order on the socket = order of calls); a close writes what is held
+    ahead of its close frame, and nothing is written after it."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from relay._rendezvous import RendezvousClosed, RendezvousSocket
+
+    received: list = []
+    done = asyncio.Event()
+
+    async def handler(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            received.append(msg.data)
+        done.set()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await RendezvousSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
+            assert isinstance(ws, RendezvousSocket)
+            transport = ws._transport
+            writes: list[bytes] = []
+            real_write = transport.write
+
+            def spy(data):
+                writes.append(bytes(data))
+                real_write(data)
+
+            transport.write = spy
+            await ws.send_command('{"a":1}', b"one", coalesce=True)
+            await ws.send_command('{"b":2}', None, coalesce=True)
+            assert writes == []  # held for the loop's next turn
+            await asyncio.sleep(0)
+            assert len(writes) == 1
+            await ws.send_command('{"c":3}', b"three", coalesce=True)
+            await ws.send_command('{"d":4}', b"four")  # direct: writes the held one first, in one write
+            assert len(writes) == 2
+            await ws.send_command('{"e":5}', None, coalesce=True)
+            await ws.close()
+            await asyncio.sleep(0)
+            # held at the close: written ahead of the close frame (opcode 0x8), nothing after it
+            assert len(writes) == 4 and writes[-1][0] == 0x88
+            await asyncio.wait_for(done.wait(), 5)
+            with pytest.raises(RendezvousClosed):
+                await ws.send_command('{"f":6}', None)
+            assert len(writes) == 4
+    finally:
+        await runner.cleanup()
+    assert received == ['{"a":1}', b"one", '{"b":2}', '{"c":3}', b"three", '{"d":4}', b"four", '{"e":5}']
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(texts, children, max_size=3),
+    max_leaves=8,
+)
+whitespace = st.sampled_from(["", " ", "\n", "\t\r\n ", "x", "}", "{}", ",1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=json_values, before=whitespace, after=whitespace, cut=st.integers(0, 40))
+def test_command_json_fast_path_is_json_loads(value, before, after, cut):
+    """protocol._loads (the scanner straight from position 0) gives json.loads' value, or its error."""
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for candidate in (text, before + text + after, text[: max(0, len(text) - cut)]):
+        try:
+            expected = json.loads(candidate)
+        except ValueError as exc:
+            try:
+                p._loads(candidate)
+            except ValueError as got:
+                assert str(got) == str(exc)
+            else:
+                raise AssertionError(f"{candidate!r} decoded, json.loads refuses it")
+        else:
+            assert p._loads(candidate) == expected
+
+
+def _unframe(data: bytes) -> list[tuple[int, bool, bytes]]:
+    """Parse client frames (masked) the plain way: RFC 6455 §5.2, byte by byte."""
+    frames, pos = [], 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        assert b1 & 0x80, "client frames are masked"
+        length, pos = b1 & 0x7F, pos + 2
+        if length == 126:
+            length, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
+        elif length == 127:
+            length, pos = int.from_bytes(data[pos:pos + 8], "big"), pos + 8
+        key, pos = data[pos:pos + 4], pos + 4
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(data[pos:pos + length]))
+        frames.append((b0 & 0x0F, bool(b0 & 0x80), payload))
+        pos += length
+    return frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300), body=st.one_of(st.none(), st.binary(max_size=300),
+                                                  st.sampled_from([b"b" * 125, b"b" * 126, b"b" * 65535, b"b" * 65536])))
+def test_command_frames_carry_the_command_and_body_masked(text, body):
+    """command_frames (one buffer, C masking, two keys from one draw) against a plain parser,
+    and encode_frame (the general path) frame for frame."""
+    from relay._frames import BINARY, command_frames, encode_frame
+
+    expected = [(0x1, True, text.encode())] + ([] if body is None else [(BINARY, True, bytes(body))])
+    assert _unframe(command_frames(text, body)) == expected
+    assert _unframe(b"".join(encode_frame(payload, op, fin) for op, fin, payload in expected)) == expected
+    assert _unframe(command_frames(text, None if body is None else memoryview(body))) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(entity=st.text(st.sampled_from("aAbΣσςİi/"), min_size=1, max_size=5),
+       rest=st.text(st.sampled_from("aAΣσİ/?x="), max_size=6), upper=st.booleans())
+def test_request_path_fast_prefix_check_is_the_case_insensitive_one(entity, rest, upper):
+    """RelayedHttpRequest strips the entity prefix: the exact-case check first must give what the
+    case-insensitive check alone gives (including Unicode whose lower() changes length or context)."""
+    from relay.relayed_http import RelayedHttpRequest
+
+    sent = "/" + (entity.upper() if upper else entity) + rest
+    path = sent.partition("?")[0]
+    prefix = "/" + entity
+    if path.lower().startswith(prefix.lower()) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+        path = path[len(prefix):] or "/"
+    assert RelayedHttpRequest("GET", sent, None, b"", "id", None, entity).path == (path or "/")
+
+
+odd_values = st.one_of(st.none(), st.just(""), texts, st.integers(), st.booleans(), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(address=odd_values, request_id=odd_values, method=st.one_of(st.none(), st.just("GET")),
+       body=st.one_of(st.none(), st.booleans()), endpoint=st.one_of(st.none(), st.just({"address": "a", "port": 1})))
+def test_request_decode_checks_address_and_id_as_the_general_check(address, request_id, method, body, endpoint):
+    """The inlined address/id checks of decode_command accept and refuse exactly what
+    _optional_str does, with its messages."""
+    import json
+
+    inner = {k: v for k, v in (("address", address), ("id", request_id), ("method", method), ("body", body),
+                                ("remoteEndpoint", endpoint)) if v is not None}
+    text = json.dumps({"request": inner})
+    try:
+        want_address = p._optional_str(inner, "address", "request")
+        if want_address is None and method is None and body is None:
+            raise p.ProtocolError("an address-only 'request' command needs a string 'address'")
+        want_id = p._optional_str(inner, "id", "request")
+    except p.ProtocolError as exc:
+        try:
+            p.decode_command(text)
+        except p.ProtocolError as got:
+            assert str(got) == str(exc)
+        else:
+            raise AssertionError("accepted what the general check refuses")
+        return
+    command = p.decode_command(text)
+    assert (command.address, command.id) == (want_address, want_id)
+    assert command.remote_endpoint == (p.RemoteEndpoint("a", 1) if endpoint else None)
