@@ -80,8 +80,8 @@ async def test_identity_based_storage_stores_messages_and_claim_checks(emulator,
     assert azurite_oauth["queue"].startswith("https://")
     client_id = identity(emulator.config, "listener")["clientId"]  # a user-assigned identity for storage
     monkeypatch.delenv("BridgeStorage")
-    options = storage._options  # trust Azurite's self-signed certificate (Azure's storage certificates are public)
-    monkeypatch.setattr(storage, "_options", lambda: {**options(), "connection_verify": azurite_oauth["cert"]})
+    options = storage.client_options  # trust Azurite's self-signed certificate (Azure's storage certificates are public)
+    monkeypatch.setattr(storage, "client_options", lambda: {**options(), "connection_verify": azurite_oauth["cert"]})
     bridge_env(BridgeStorage="", BridgeStorage__queueServiceUri=azurite_oauth["queue"],
                BridgeStorage__blobServiceUri=azurite_oauth["blob"], BridgeStorage__credential="managedidentity",
                BridgeStorage__clientId=client_id)
