@@ -15,7 +15,7 @@ open rendezvous keeps serving ``request`` messages until the service closes it, 
 does. The copy of a request on a rendezvous may lack ``address`` and ``id``; they default to the
 request that opened the rendezvous.
 
-Rendezvous sockets are :class:`relay._rendezvous.RendezvousSocket`: raw frames over the
+Rendezvous sockets are :class:`relay._websocket.WebSocket`: raw frames over the
 listener's aiohttp session (the one WebSocket stack of the listener), so a large body reaches the
 handler fragment by fragment as it arrives, a command and its body leave in one write, and the
 address is used byte for byte.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ._rendezvous import RendezvousClosed, RendezvousSocket
+from ._websocket import WebSocketClosed, WebSocket
 from .errors import ConnectionLostError, RelayError
 from .protocol import INLINE_LIMIT, ProtocolError, RequestCommand, decode_command
 from .relayed_http import RelayedHttpRequest, RelayedHttpResponse, reason_phrase, response_headers
@@ -62,7 +62,7 @@ class HttpServing:
 
     def __init__(self, listener: HybridConnectionListener):
         self._listener = listener
-        self._channels: dict[RendezvousSocket, bool] = {}  # open rendezvous -> busy with an exchange
+        self._channels: dict[WebSocket, bool] = {}  # open rendezvous -> busy with an exchange
         self._deadlines = HandlerDeadlines()
         self._inline = 0  # inline requests started and not yet answered (see _answer_inline)
 
@@ -172,13 +172,13 @@ class HttpServing:
 
     # -- rendezvous ------------------------------------------------------------------------------
 
-    async def _open(self, command: RequestCommand) -> RendezvousSocket | None:
+    async def _open(self, command: RequestCommand) -> WebSocket | None:
         """Open the request's rendezvous, its address byte for byte."""
         session = self._listener._session
         if session is None or session.closed:
             return None
         try:
-            result = await RendezvousSocket.open(session, command.address or "", timeout=RENDEZVOUS_OPEN_TIMEOUT)
+            result = await WebSocket.open(session, command.address or "", timeout=RENDEZVOUS_OPEN_TIMEOUT)
         except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:
             # Never the URL: its query holds the rendezvous secret.
             _log.warning("request rendezvous for %s failed: %s", command.id, type(exc).__name__)
@@ -188,7 +188,7 @@ class HttpServing:
             return None
         return result
 
-    async def _serve_channel(self, ws: RendezvousSocket, origin: RequestCommand) -> None:
+    async def _serve_channel(self, ws: WebSocket, origin: RequestCommand) -> None:
         """Serve every ``request`` the service sends on ``ws`` until it closes the socket.
 
         The first request on an address-only rendezvous must come within the operation timeout;
@@ -204,7 +204,7 @@ class HttpServing:
                         message = await asyncio.wait_for(ws.recv_message(), lst._operation_timeout)
                     else:
                         message = await ws.recv_message()
-                except RendezvousClosed:
+                except WebSocketClosed:
                     return
                 except asyncio.TimeoutError:
                     _log.warning("request %s: the service sent no request over its rendezvous", origin.id)
@@ -226,13 +226,13 @@ class HttpServing:
                 first = False
                 if not ok:
                     return
-        except RendezvousClosed:
+        except WebSocketClosed:
             return
         finally:
             self._channels.pop(ws, None)
             await self._close(ws, 1000, "Normal Closure")
 
-    async def _serve_one(self, ws: RendezvousSocket, full: RequestCommand, origin: RequestCommand | None) -> bool:
+    async def _serve_one(self, ws: WebSocket, full: RequestCommand, origin: RequestCommand | None) -> bool:
         """One exchange on a rendezvous. False when the socket can carry no more."""
         lst = self._listener
         request_id = full.id or (origin.id if origin is not None else None) or ""
@@ -259,7 +259,7 @@ class HttpServing:
                 # The handler did not read (all of) the body: discard the rest before the next request.
                 await asyncio.wait_for(body.drain(), lst._operation_timeout)
             return True
-        except (ProtocolError, asyncio.TimeoutError, RendezvousClosed, ConnectionError, RelayError, RuntimeError) as exc:
+        except (ProtocolError, asyncio.TimeoutError, WebSocketClosed, ConnectionError, RelayError, RuntimeError) as exc:
             _log.warning("request %s over rendezvous failed: %s", request_id,
                          type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc)
         except Exception:
@@ -270,7 +270,7 @@ class HttpServing:
         return False
 
     @staticmethod
-    async def _send_response(ws: RendezvousSocket, head: str, payload: Any, streamed: bool) -> None:
+    async def _send_response(ws: WebSocket, head: str, payload: Any, streamed: bool) -> None:
         if streamed:
             await ws.send_command(head)
             await ws.send_stream(_chunks(payload))
@@ -278,7 +278,7 @@ class HttpServing:
             await ws.send_command(head, payload or None)
 
     @staticmethod
-    async def _close(ws: RendezvousSocket, code: int, reason: str) -> None:
+    async def _close(ws: WebSocket, code: int, reason: str) -> None:
         try:
             await ws.close(code=code, reason=reason)
         except Exception:
@@ -418,7 +418,7 @@ class RendezvousBody:
 
     __slots__ = ("_ws", "_fragments", "done")
 
-    def __init__(self, ws: RendezvousSocket):
+    def __init__(self, ws: WebSocket):
         self._ws = ws
         self._fragments: Any = None
         self.done = False
@@ -439,7 +439,7 @@ class RendezvousBody:
         except StopAsyncIteration:
             self.done = True
             raise
-        except RendezvousClosed as exc:
+        except WebSocketClosed as exc:
             self.done = True
             detail = f"{exc.code} {exc.reason}".strip() if exc.code is not None else "no close frame"
             raise ConnectionLostError(f"the request body was cut off: the rendezvous closed ({detail})") from None

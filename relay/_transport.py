@@ -2,7 +2,7 @@
 
 aiohttp carries every connection (control channel, rendezvous, sender WebSockets and HTTP
 requests): one library means one connection pool and one TLS setup. Every WebSocket is
-:class:`relay._rendezvous.RendezvousSocket`, raw frames over an upgraded aiohttp connection; the
+:class:`relay._websocket.WebSocket`, raw frames over an upgraded aiohttp connection; the
 handshake's HTTP status and reason phrase (where the service puts its error text, ``404 Endpoint
 does not exist. TrackingId:...``) come straight from the response.
 """

@@ -12,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._hints import add_hint
-from ._rendezvous import RendezvousSocket
+from ._websocket import WebSocket
 from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address
 from .connection_string import parse_connection_string
 from .credentials import close_credential, get_token_provider
@@ -377,12 +377,12 @@ class HybridConnectionClient:
         _add_sender_headers(hdrs, token, allowed_listeners, disallowed_listeners)
         context = f"connect to {self.address}"
         try:
-            result = await RendezvousSocket.open(
+            result = await WebSocket.open(
                 self._ws(), url, timeout=timeout, headers=hdrs, protocols=tuple(subprotocols or ()), autoclose=False, context=context
             )
         except TimeoutError:
             raise RelayTimeoutError(f"{context}: no listener accepted within {timeout:g} s") from None
-        if not isinstance(result, RendezvousSocket):
+        if not isinstance(result, WebSocket):
             status, reason = result
             lowered = reason.lower()
             if _SERVICE_MARKER in lowered or status in (401, 407) or not reason:

@@ -23,7 +23,7 @@ from ._http_serving import (
     RENDEZVOUS_OPEN_TIMEOUT,
     HttpServing,
 )
-from ._rendezvous import RendezvousClosed, RendezvousSocket
+from ._websocket import WebSocketClosed, WebSocket
 from ._transport import USER_AGENT, build_ssl_context, new_session, parse_address
 from .client import HEADER_USER_AGENT
 from .connection_string import parse_connection_string
@@ -72,7 +72,7 @@ MSG_ACCEPT_HANDLER_FAILED = "The Listener's custom AcceptHandler threw an except
 MSG_REJECTED = "Rejected by user code"
 
 
-def _tcp_keepalive(ws: RendezvousSocket, idle: float | None) -> None:
+def _tcp_keepalive(ws: WebSocket, idle: float | None) -> None:
     """TCP keep-alive on the control channel's socket: a peer that vanished (no RST, no FIN) is
     noticed by the kernel's probes, without WebSocket PINGs (which the service may punish)."""
     if not idle:
@@ -229,7 +229,7 @@ class HybridConnectionListener:
         self.state = ListenerState.IDLE
         self.last_error: BaseException | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._control: RendezvousSocket | None = None
+        self._control: WebSocket | None = None
         self._pump_task: asyncio.Task | None = None
         self._renew_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -408,7 +408,7 @@ class HybridConnectionListener:
         if not task.cancelled() and task.exception() is not None:
             _log.error("listener task failed", exc_info=task.exception())
 
-    async def _connect_control(self) -> tuple[RendezvousSocket, RelayToken | None]:
+    async def _connect_control(self) -> tuple[WebSocket, RelayToken | None]:
         token = await self._provider.get_token(self.address)
         headers = {HEADER_USER_AGENT: self._user_agent}
         if token is not None:
@@ -416,8 +416,8 @@ class HybridConnectionListener:
         context = f"listen on {self.address}"
         assert self._session is not None
         # No PING keep-alive: the service may punish PINGs; the keep-alive here is unsolicited PONGs (_keepalive_loop).
-        ws = await RendezvousSocket.open(self._session, self._url, timeout=None, headers=headers, context=context)
-        if not isinstance(ws, RendezvousSocket):
+        ws = await WebSocket.open(self._session, self._url, timeout=None, headers=headers, context=context)
+        if not isinstance(ws, WebSocket):
             status, reason = ws
             error = error_from_status(status, reason, context=context)
             if status == 401:
@@ -429,7 +429,7 @@ class HybridConnectionListener:
         self._set_state(ListenerState.ONLINE)
         return ws, token
 
-    async def _pump(self, ws: RendezvousSocket, token: RelayToken | None) -> None:
+    async def _pump(self, ws: WebSocket, token: RelayToken | None) -> None:
         try:
             while True:
                 loop = asyncio.get_running_loop()
@@ -462,7 +462,7 @@ class HybridConnectionListener:
             self.last_error = exc
             self._set_state(ListenerState.OFFLINE)
 
-    async def _reconnect(self) -> tuple[RendezvousSocket, RelayToken | None] | None:
+    async def _reconnect(self) -> tuple[WebSocket, RelayToken | None] | None:
         self._set_state(ListenerState.CONNECTING)
         attempt = 0
         while not self._closing:
@@ -491,7 +491,7 @@ class HybridConnectionListener:
         except asyncio.TimeoutError:
             pass
 
-    async def _keepalive_loop(self, ws: RendezvousSocket) -> None:
+    async def _keepalive_loop(self, ws: WebSocket) -> None:
         """An unsolicited PONG every ``keepalive_interval`` s (RFC 6455 §5.5.3: no answer expected)."""
         assert self._keepalive
         while not ws.closed:
@@ -501,15 +501,15 @@ class HybridConnectionListener:
             except Exception:
                 return  # the pump notices the dead socket and reconnects
 
-    async def _send_control(self, ws: RendezvousSocket, text: str, body: Any, coalesce: bool = False) -> None:
+    async def _send_control(self, ws: WebSocket, text: str, body: Any, coalesce: bool = False) -> None:
         """One command (and its body) on the control channel, the two adjacent: one write, so no lock.
         ``coalesce``: may wait for the loop's next turn to share one write with other responses."""
         try:
             await ws.send_command(text, body or None, coalesce=coalesce)
-        except RendezvousClosed:
+        except WebSocketClosed:
             raise ConnectionResetError("the control channel is closed") from None
 
-    async def _serve(self, ws: RendezvousSocket) -> None:
+    async def _serve(self, ws: WebSocket) -> None:
         reader = CommandReader()
         receive = ws.recv_message
         spawn = self._spawn
@@ -528,7 +528,7 @@ class HybridConnectionListener:
                 _log.warning("ignored a malformed control message: a text message that is not valid UTF-8")
                 reader = CommandReader()
                 continue
-            except RendezvousClosed as closed:
+            except WebSocketClosed as closed:
                 if self._closing:
                     return
                 if closed.code is not None:
@@ -563,7 +563,7 @@ class HybridConnectionListener:
 
     # -- token renewal ---------------------------------------------------------------------------
 
-    async def _renew_loop(self, ws: RendezvousSocket, token: RelayToken | None) -> None:
+    async def _renew_loop(self, ws: WebSocket, token: RelayToken | None) -> None:
         if token is None:
             return
         while not ws.closed:
@@ -631,24 +631,24 @@ class HybridConnectionListener:
                 code = 400
             url = reject_url(command.address, code, ctx.status_description or MSG_REJECTED)
             try:
-                result = await RendezvousSocket.open(session, url, timeout=RENDEZVOUS_OPEN_TIMEOUT, context="reject")
+                result = await WebSocket.open(session, url, timeout=RENDEZVOUS_OPEN_TIMEOUT, context="reject")
             except (RelayError, TimeoutError) as exc:
                 _log.warning("rejecting %s failed: %s", ctx.id, exc)
                 return
-            if isinstance(result, RendezvousSocket):
+            if isinstance(result, WebSocket):
                 await result.close()
             elif result[0] != 410:  # 410 Gone is the service's "rejection delivered"
                 _log.warning("rejecting %s: the service answered %d", ctx.id, result[0])
             return
         protocols = (ctx.subprotocol,) if ctx.subprotocol else ()
         try:
-            result = await RendezvousSocket.open(
+            result = await WebSocket.open(
                 session, command.address, timeout=RENDEZVOUS_OPEN_TIMEOUT, protocols=protocols, autoclose=False, context="accept"
             )
         except (RelayError, TimeoutError) as exc:
             _log.warning("accepting %s failed: %s", ctx.id, exc)
             return
-        if not isinstance(result, RendezvousSocket):
+        if not isinstance(result, WebSocket):
             _log.warning("accepting %s failed: %d %s", ctx.id, result[0], result[1])
             return
         result.keep_alive(self._keepalive)

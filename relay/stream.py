@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ._rendezvous import BINARY, CONTINUATION, RendezvousClosed, RendezvousSocket
+from ._websocket import BINARY, CONTINUATION, WebSocketClosed, WebSocket
 from .errors import ConnectionLostError
 
 __all__ = ["HybridConnectionStream", "CLEAN_CLOSE_CODES"]
@@ -49,7 +49,7 @@ class HybridConnectionStream:
 
     __slots__ = ("_ws", "_shutdown_sent", "_closed", "close_code", "close_reason", "id", "headers", "url", "__weakref__")
 
-    def __init__(self, ws: RendezvousSocket, *, id: str = "", headers: Mapping[str, str] | None = None, url: str = ""):
+    def __init__(self, ws: WebSocket, *, id: str = "", headers: Mapping[str, str] | None = None, url: str = ""):
         self._ws = ws
         self._shutdown_sent = False
         self._closed = False
@@ -78,7 +78,7 @@ class HybridConnectionStream:
             raise ConnectionLostError("cannot send: this side already shut the stream down or closed it")
         try:
             await self._ws.send(data)
-        except (RendezvousClosed, ConnectionError, RuntimeError) as exc:
+        except (WebSocketClosed, ConnectionError, RuntimeError) as exc:
             raise ConnectionLostError(f"the relayed connection is gone: {exc}") from None
 
     async def receive(self) -> bytes | str | None:
@@ -98,7 +98,7 @@ class HybridConnectionStream:
                         raise ws._closed  # type: ignore[misc]
                     parts.append(part)
                 payload = b"".join(parts)
-        except RendezvousClosed as closed:
+        except WebSocketClosed as closed:
             return await self._on_closed(closed)
         if opcode == BINARY:
             return payload
@@ -111,7 +111,7 @@ class HybridConnectionStream:
             ws.abort()
             raise ConnectionLostError("the relayed connection sent a text message that is not valid UTF-8") from None
 
-    async def _on_closed(self, closed: RendezvousClosed) -> None:
+    async def _on_closed(self, closed: WebSocketClosed) -> None:
         code = closed.code
         if code is not None and self.close_code is None and not self._closed:
             self.close_code = code

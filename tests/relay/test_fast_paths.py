@@ -146,7 +146,7 @@ async def test_stream_keepalive_pings_and_drops_a_silent_peer():
     import aiohttp
     from aiohttp import web
 
-    from relay._rendezvous import RendezvousClosed, RendezvousSocket
+    from relay._websocket import WebSocketClosed, WebSocket
 
     pings: list[bytes] = []
     answer = True
@@ -170,13 +170,13 @@ async def test_stream_keepalive_pings_and_drops_a_silent_peer():
     port = site._server.sockets[0].getsockname()[1]
     try:
         async with aiohttp.ClientSession() as session:
-            ws = await RendezvousSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
-            assert isinstance(ws, RendezvousSocket)
+            ws = await WebSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
+            assert isinstance(ws, WebSocket)
             ws.keep_alive(0.1)
             await asyncio.sleep(0.5)  # answered: the socket stays open
             assert len(pings) >= 2 and not ws.closed
             answer = False
-            with pytest.raises(RendezvousClosed, match="keep-alive"):  # silent peer: dropped, the reader is told why
+            with pytest.raises(WebSocketClosed, match="keep-alive"):  # silent peer: dropped, the reader is told why
                 await asyncio.wait_for(ws.recv_frame(), 5)
             assert ws.closed
     finally:
@@ -233,7 +233,7 @@ async def test_commands_coalesce_in_order_and_nothing_follows_the_close_frame():
     import aiohttp
     from aiohttp import web
 
-    from relay._rendezvous import RendezvousClosed, RendezvousSocket
+    from relay._websocket import WebSocketClosed, WebSocket
 
     received: list = []
     done = asyncio.Event()
@@ -255,8 +255,8 @@ async def test_commands_coalesce_in_order_and_nothing_follows_the_close_frame():
     port = site._server.sockets[0].getsockname()[1]
     try:
         async with aiohttp.ClientSession() as session:
-            ws = await RendezvousSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
-            assert isinstance(ws, RendezvousSocket)
+            ws = await WebSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
+            assert isinstance(ws, WebSocket)
             transport = ws._transport
             writes: list[bytes] = []
             real_write = transport.write
@@ -280,7 +280,7 @@ async def test_commands_coalesce_in_order_and_nothing_follows_the_close_frame():
             # held at the close: written ahead of the close frame (opcode 0x8), nothing after it
             assert len(writes) == 4 and writes[-1][0] == 0x88
             await asyncio.wait_for(done.wait(), 5)
-            with pytest.raises(RendezvousClosed):
+            with pytest.raises(WebSocketClosed):
                 await ws.send_command('{"f":6}', None)
             assert len(writes) == 4
     finally:

@@ -1,4 +1,4 @@
-"""The library's one WebSocket implementation (relay._rendezvous) against a peer that writes raw frames.
+"""The library's one WebSocket implementation (relay._websocket) against a peer that writes raw frames.
 
 The Relay service never sends these on purpose, so a tiny aiohttp server plays a peer that does:
 fragmented messages (legal: reassembled), and framing violations (closed with 1002, and the
@@ -16,7 +16,7 @@ import struct
 import aiohttp
 import pytest
 
-from relay._rendezvous import RendezvousClosed, RendezvousSocket
+from relay._websocket import WebSocketClosed, WebSocket
 from relay.errors import ConnectionLostError
 from relay.stream import HybridConnectionStream
 
@@ -85,8 +85,8 @@ def unmask_close_codes(data: bytes) -> list[int]:
 
 
 async def open_stream(peer: RawPeer, session: aiohttp.ClientSession, protocols=()) -> HybridConnectionStream:
-    ws = await RendezvousSocket.open(session, peer.url, timeout=5, protocols=protocols, autoclose=False)
-    assert isinstance(ws, RendezvousSocket), ws
+    ws = await WebSocket.open(session, peer.url, timeout=5, protocols=protocols, autoclose=False)
+    assert isinstance(ws, WebSocket), ws
     return HybridConnectionStream(ws)
 
 
@@ -133,19 +133,19 @@ async def test_invalid_utf8_in_a_text_message_closes_with_1007():
 
 async def test_a_subprotocol_nobody_offered_is_refused():
     async with RawPeer(protocol="evil") as peer, aiohttp.ClientSession() as session:
-        result = await RendezvousSocket.open(session, peer.url, timeout=5, protocols=("chat",))
+        result = await WebSocket.open(session, peer.url, timeout=5, protocols=("chat",))
         assert result == (101, "the server chose subprotocol 'evil', which was not offered")
-        chosen = await RendezvousSocket.open(session, peer.url, timeout=5, protocols=("evil", "chat"))
-        assert isinstance(chosen, RendezvousSocket) and chosen.subprotocol == "evil"
+        chosen = await WebSocket.open(session, peer.url, timeout=5, protocols=("evil", "chat"))
+        assert isinstance(chosen, WebSocket) and chosen.subprotocol == "evil"
         chosen.abort()
 
 
 async def test_the_peer_vanishing_ends_the_reader_with_the_reason():
     async with RawPeer() as peer, aiohttp.ClientSession() as session:
-        ws = await RendezvousSocket.open(session, peer.url, timeout=5)
-        assert isinstance(ws, RendezvousSocket)
+        ws = await WebSocket.open(session, peer.url, timeout=5)
+        assert isinstance(ws, WebSocket)
         reader = asyncio.ensure_future(ws.recv_frame())
         await asyncio.sleep(0.05)
         ws.abort(reason="gone")
-        with pytest.raises(RendezvousClosed, match="gone"):
+        with pytest.raises(WebSocketClosed, match="gone"):
             await asyncio.wait_for(reader, 5)

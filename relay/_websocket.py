@@ -7,7 +7,7 @@ reassembly task, no per-message timeout or heartbeat bookkeeping and no extra co
 Writes are single ``transport.write`` calls of masked frames (:func:`relay._frames.encode_frame`),
 so a command and its body leave in one write (one TLS record).
 
-It carries request rendezvous, whose body arrives as ONE binary message in many fragments and is
+It carries the control channel (commands, with coalesced response writes), request rendezvous, whose body arrives as ONE binary message in many fragments and is
 handed on fragment by fragment (up to 64 MiB, never reassembled), and relayed WebSocket streams
 (:class:`relay.stream.HybridConnectionStream`, sender and listener side), which need subprotocol
 negotiation, a half-close (``autoclose=False``: the peer's close frame is not echoed until this
@@ -43,7 +43,7 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HIGH_WATER = 4 * 1024 * 1024  # queued frame bytes before the socket stops reading (flow control)
 
 
-class RendezvousClosed(Exception):
+class WebSocketClosed(Exception):
     """The socket is closed; ``code``/``reason`` from the peer's close frame (``code`` is ``None``
     when there was none: the connection dropped, or ``reason`` says why it was dropped here)."""
 
@@ -58,7 +58,7 @@ class _Parser:
 
     __slots__ = ("_sock", "_buf", "_eof")
 
-    def __init__(self, sock: RendezvousSocket) -> None:
+    def __init__(self, sock: WebSocket) -> None:
         self._sock = sock
         self._buf = bytearray()
         self._eof = False
@@ -122,7 +122,7 @@ class _Parser:
         return False, b""
 
 
-class RendezvousSocket:
+class WebSocket:
     """A client WebSocket over an upgraded aiohttp connection, frame by frame.
 
     ``autoclose=True`` (request rendezvous) answers the peer's close frame at once;
@@ -141,7 +141,7 @@ class RendezvousSocket:
         self._paused = False
         self._waiter: asyncio.Future | None = None  # a reader waiting for frames
         self._close_waiter: asyncio.Future | None = None  # close() waiting for the peer's close frame
-        self._closed: RendezvousClosed | None = None  # set once the peer's close (or EOF) is in
+        self._closed: WebSocketClosed | None = None  # set once the peer's close (or EOF) is in
         self._close_sent = False
         self._autoclose = autoclose
         self._seen = False  # anything received since the last keep-alive PING
@@ -162,7 +162,7 @@ class RendezvousSocket:
         protocols: Sequence[str] = (),
         autoclose: bool = True,
         context: str = "",
-    ) -> RendezvousSocket | tuple[int, str]:
+    ) -> WebSocket | tuple[int, str]:
         """The open socket, or ``(status, reason)`` when the service refused the handshake.
 
         ``url`` goes out byte for byte (the service's rendezvous addresses must be used as given).
@@ -225,23 +225,23 @@ class RendezvousSocket:
             return
         # CLOSE
         code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-        self._set_closed(RendezvousClosed(code, payload[2:].decode("utf-8", "replace")))
+        self._set_closed(WebSocketClosed(code, payload[2:].decode("utf-8", "replace")))
         if self._autoclose and not self._close_sent and not self._transport.is_closing():
             self._close_sent = True
             self._transport.write(encode_frame(payload[:2], CLOSE, True))  # echo the code
 
     def _protocol_error(self, what: str) -> None:
         """The peer broke the framing: close with 1002 and drop the connection."""
-        self._set_closed(RendezvousClosed(None, f"WebSocket protocol error: {what}"))
+        self._set_closed(WebSocketClosed(None, f"WebSocket protocol error: {what}"))
         if not self._close_sent and not self._transport.is_closing():
             self._close_sent = True
             self._transport.write(encode_frame(struct.pack("!H", 1002), CLOSE, True))
         self._response.close()
 
     def _on_eof(self) -> None:
-        self._set_closed(RendezvousClosed(None, ""))
+        self._set_closed(WebSocketClosed(None, ""))
 
-    def _set_closed(self, closed: RendezvousClosed) -> None:
+    def _set_closed(self, closed: WebSocketClosed) -> None:
         if self._closed is None:
             self._closed = closed
         if self._keepalive is not None:
@@ -255,7 +255,7 @@ class RendezvousSocket:
                 waiter.set_result(None)
 
     async def recv_frame(self) -> tuple[int, bool, bytes]:
-        """The next data frame ``(opcode, fin, payload)``; raises :class:`RendezvousClosed` at the end."""
+        """The next data frame ``(opcode, fin, payload)``; raises :class:`WebSocketClosed` at the end."""
         frames = self._frames
         while not frames:
             if self._closed is not None:
@@ -301,7 +301,7 @@ class RendezvousSocket:
 
     def keep_alive(self, interval: float | None) -> None:
         """A PING every ``interval`` s (as .NET's keep-alive, traffic or not); the connection is
-        dropped (readers get :class:`RendezvousClosed` saying why) when nothing at all arrived
+        dropped (readers get :class:`WebSocketClosed` saying why) when nothing at all arrived
         within ``interval / 2`` after a PING."""
         if interval:
             self._keepalive = asyncio.get_running_loop().call_later(interval, self._ping, interval)
@@ -317,7 +317,7 @@ class RendezvousSocket:
         if self.closed:
             return
         if not self._seen:
-            self._set_closed(RendezvousClosed(None, f"no answer to a keep-alive PING within {interval / 2:g} s"))
+            self._set_closed(WebSocketClosed(None, f"no answer to a keep-alive PING within {interval / 2:g} s"))
             self._response.close()
             return
         self._keepalive = asyncio.get_running_loop().call_later(interval / 2, self._ping, interval)
@@ -326,7 +326,7 @@ class RendezvousSocket:
 
     async def _write(self, data: bytes) -> None:
         if self._close_sent or self._transport.is_closing():
-            raise RendezvousClosed(self._closed.code if self._closed else None, "the rendezvous is closed")
+            raise WebSocketClosed(self._closed.code if self._closed else None, "the WebSocket is closed")
         if self._held:
             self._flush()
         self._transport.write(data)  # one buffer: one TLS record
@@ -351,7 +351,7 @@ class RendezvousSocket:
         and nothing held is written after this side's close frame.
         """
         if self._close_sent or self._transport.is_closing():
-            raise RendezvousClosed(self._closed.code if self._closed else None, "the rendezvous is closed")
+            raise WebSocketClosed(self._closed.code if self._closed else None, "the WebSocket is closed")
         data = command_frames(text, body)
         held = self._held
         if held is not None:
@@ -427,7 +427,7 @@ class RendezvousSocket:
 
     def abort(self, code: int | None = None, reason: str = "closed by this side") -> None:
         """Drop the connection now; a reader still waiting (a rendezvous serving loop) ends."""
-        self._set_closed(RendezvousClosed(code, reason))
+        self._set_closed(WebSocketClosed(code, reason))
         self._response.close()
 
     @property
