@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ._websocket import BINARY, CONTINUATION, WebSocketClosed, WebSocket
+from ._websocket import WebSocket, WebSocketClosed
 from .errors import ConnectionLostError
 
 __all__ = ["HybridConnectionStream", "CLEAN_CLOSE_CODES"]
@@ -85,25 +85,9 @@ class HybridConnectionStream:
         """The next message; ``None`` after a clean close by the peer. See the class docs."""
         ws = self._ws
         try:
-            opcode, fin, payload = await ws.recv_frame()
-            if opcode == CONTINUATION:
-                ws._protocol_error("a continuation frame without a message to continue")
-                raise ws._closed  # type: ignore[misc]
-            if not fin:
-                parts = [payload]
-                while not fin:
-                    next_opcode, fin, part = await ws.recv_frame()
-                    if next_opcode != CONTINUATION:
-                        ws._protocol_error("a new message inside a fragmented one")
-                        raise ws._closed  # type: ignore[misc]
-                    parts.append(part)
-                payload = b"".join(parts)
+            return await ws.recv_message()
         except WebSocketClosed as closed:
             return await self._on_closed(closed)
-        if opcode == BINARY:
-            return payload
-        try:
-            return payload.decode("utf-8")
         except UnicodeDecodeError:
             # Fail the connection (RFC 6455 §8.1): close with 1007 and drop it, no handshake to wait for.
             self._closed = True

@@ -139,6 +139,19 @@ async def test_sender_caches_keep_paths_checked_and_entities_apart():
         assert one.token != other.token
 
 
+async def _serve_websocket(handler):
+    """An aiohttp WebSocket peer on 127.0.0.1 (a free port): ``(runner, port)``; clean up the runner."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 async def test_stream_keepalive_pings_and_drops_a_silent_peer():
     """The lean heartbeat: a PING every interval; a peer that answers nothing at all is dropped."""
     import asyncio
@@ -161,13 +174,7 @@ async def test_stream_keepalive_pings_and_drops_a_silent_peer():
                     await ws.pong(msg.data)
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await _serve_websocket(handler)
     try:
         async with aiohttp.ClientSession() as session:
             ws = await WebSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
@@ -246,13 +253,7 @@ async def test_commands_coalesce_in_order_and_nothing_follows_the_close_frame():
         done.set()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await _serve_websocket(handler)
     try:
         async with aiohttp.ClientSession() as session:
             ws = await WebSocket.open(session, f"http://127.0.0.1:{port}/", timeout=5)
